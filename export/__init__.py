@@ -1,0 +1,1 @@
+"""Exporters: lower the OmniCoder network to ONNX, Core ML and ExecuTorch bundles."""

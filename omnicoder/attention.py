@@ -1,0 +1,109 @@
+"""The two attention kinds behind one interface.
+
+Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's past
+cache entry (key, value) in BNSH layout, and return (output [B, T, d], new entry for the T tokens).
+
+- GQA caches key [B, n_kv_heads, T, head_dim] and value of the same shape.
+- MLA caches one row per token: key = [latent (kv_latent_dim) | rotated RoPE key (rope_head_dim)] as
+  [B, 1, T, kv_latent_dim + rope_head_dim]; the value slot is empty [B, 1, T, 0], since values are
+  the latent part of the key row (the absorbed form attends with V = K[..., :kv_latent_dim]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from omnicoder import ops
+from omnicoder.config import OmniCoderConfig
+from omnicoder.layers import RMSNorm
+from omnicoder.rope import apply_rope
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, config: OmniCoderConfig) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.window = c.sliding_window
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
+        self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
+        keys = ops.kv_update(None if past is None else past[0], k)
+        values = ops.kv_update(None if past is None else past[1], v)
+        out = ops.attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim), window=self.window)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2 style) with a decoupled RoPE key.
+
+    Per head h: k_h = [W_uk[h] c | k_rope], v_h = W_uv[h] c, where c = norm(W_dkv x) is the shared
+    latent and k_rope a single rotated key shared by all heads. `absorbed=True` (the decode form) folds
+    W_uk into the query and W_uv into the output, so attention runs directly over the cached latent as
+    one KV head; `absorbed=False` expands per-head keys and values (the naive form). Both are equal.
+    """
+
+    def __init__(self, config: OmniCoderConfig, absorbed: bool = True) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.head_dim = c.n_heads, c.head_dim
+        self.latent_dim, self.rope_dim = c.kv_latent_dim, c.rope_head_dim
+        self.window = c.sliding_window
+        self.absorbed = absorbed
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * (c.head_dim + c.rope_head_dim), bias=False)
+        self.kv_down = nn.Linear(c.d_model, c.kv_latent_dim + c.rope_head_dim, bias=False)
+        self.kv_norm = RMSNorm(c.kv_latent_dim, c.norm_eps)
+        scale = 1.0 / math.sqrt(c.kv_latent_dim)
+        self.k_up = nn.Parameter(torch.randn(c.n_heads, c.head_dim, c.kv_latent_dim) * scale)
+        self.v_up = nn.Parameter(torch.randn(c.n_heads, c.head_dim, c.kv_latent_dim) * scale)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
+        self.scale = 1.0 / math.sqrt(c.head_dim + c.rope_head_dim)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
+        q_nope, q_rope = q.split((self.head_dim, self.rope_dim), dim=-1)
+        q_rope = apply_rope(q_rope, *rotary)
+        latent, k_rope = self.kv_down(x).split((self.latent_dim, self.rope_dim), dim=-1)
+        k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
+        row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
+        rows = ops.kv_update(None if past is None else past[0], row)
+        out = self._absorbed(q_nope, q_rope, rows) if self.absorbed else self._naive(q_nope, q_rope, rows)
+        new = (row, row.new_zeros(b, 1, t, 0))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), new
+
+    def _absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up)
+        query = torch.cat((q_latent, q_rope), dim=-1)
+        ctx_latent = ops.attention(query, rows, rows[..., : self.latent_dim], self.scale, self.window)
+        return torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
+
+    def _naive(self, q_nope: torch.Tensor, q_rope: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        latent, k_rope = rows.split((self.latent_dim, self.rope_dim), dim=-1)
+        k_nope = torch.einsum("bxsc,hdc->bhsd", latent, self.k_up)
+        values = torch.einsum("bxsc,hdc->bhsd", latent, self.v_up)
+        keys = torch.cat((k_nope, k_rope.expand(-1, self.n_heads, -1, -1)), dim=-1)
+        query = torch.cat((q_nope, q_rope), dim=-1)
+        return ops.attention(query, keys, values, self.scale, self.window)
+
+
+def make_attention(config: OmniCoderConfig) -> nn.Module:
+    return GroupedQueryAttention(config) if config.attention == "gqa" else LatentAttention(config)

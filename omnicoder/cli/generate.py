@@ -1,0 +1,49 @@
+"""`omnicoder-generate`: KV-cached reference generation in PyTorch.
+
+Stdout carries exactly the generated text (no prompt echo); the stats line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from omnicoder.cliutil import ArgumentParser, add_sampling_args, read_prompt
+from omnicoder.errors import cli_main
+from omnicoder.runtimes.sampling import Sampler, SamplingParams
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="omnicoder-generate", description=__doc__)
+    p.add_argument("--model", default="default", help="'default' (the embedded model) or a model directory")
+    add_sampling_args(p)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prompt = read_prompt(args)
+    sampler = Sampler(SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
+    import torch
+
+    from omnicoder.generate import generate_text
+    from omnicoder.loading import load_model_and_tokenizer
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    _, stats = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampler, on_text=write)
+    if sys.stdout.isatty():  # keep piped output exactly the generated text
+        sys.stdout.write("\n")
+    print(stats.line(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

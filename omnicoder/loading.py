@@ -1,0 +1,18 @@
+"""Load a model together with its tokenizer (byte models use the byte tokenizer; others their tokenizer.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omnicoder.model import OmniCoder
+from omnicoder.paths import resolve_model_dir
+from omnicoder.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from omnicoder.weights import load_model
+
+
+def load_model_and_tokenizer(name: str | Path) -> tuple[OmniCoder, Tokenizer]:
+    model = load_model(name)
+    c = model.config
+    if c.tokenizer == "byte":
+        return model, ByteTokenizer(vocab_size=c.vocab_size, bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
+    return model, load_tokenizer(resolve_model_dir(name), bos_id=c.bos_id, eos_id=c.eos_id)

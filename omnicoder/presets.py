@@ -1,0 +1,67 @@
+"""Named model configs: the shipped default model and tiny shapes for tests. Torch-free."""
+
+from __future__ import annotations
+
+from omnicoder.config import OmniCoderConfig
+from omnicoder.errors import OmniCoderError
+
+
+def omnicoder_tiny() -> OmniCoderConfig:
+    """The embedded default: ~2M parameters, MLA attention, 2 MTP heads, a retention head, byte vocab."""
+    return OmniCoderConfig(
+        name="omnicoder-tiny",
+        d_model=192,
+        n_layers=4,
+        n_heads=6,
+        n_kv_heads=6,
+        head_dim=32,
+        mlp_hidden=512,
+        attention="mla",
+        kv_latent_dim=96,
+        rope_head_dim=16,
+        max_seq_len=512,
+        n_mtp=2,
+        retention_head=True,
+    )
+
+
+def gqa_test_config() -> OmniCoderConfig:
+    return OmniCoderConfig(
+        name="test-gqa",
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        mlp_hidden=128,
+        max_seq_len=128,
+        n_mtp=2,
+        retention_head=True,
+    )
+
+
+def mla_test_config() -> OmniCoderConfig:
+    return OmniCoderConfig(
+        name="test-mla",
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=16,
+        mlp_hidden=128,
+        attention="mla",
+        kv_latent_dim=32,
+        rope_head_dim=8,
+        max_seq_len=128,
+        n_mtp=2,
+        retention_head=True,
+    )
+
+
+PRESETS = {"omnicoder-tiny": omnicoder_tiny, "test-gqa": gqa_test_config, "test-mla": mla_test_config}
+
+
+def preset(name: str) -> OmniCoderConfig:
+    if name not in PRESETS:
+        raise OmniCoderError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]().validate()

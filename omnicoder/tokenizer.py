@@ -1,0 +1,165 @@
+"""Tokenizers behind one small interface: the byte-level tokenizer of our models, and an adapter for
+Hugging Face `tokenizer.json` files (via the `tokenizers` library) for imported models.
+
+Torch-free: the ONNX runner uses this module as it is. A bundle stores `tokenizer.json`; `load_tokenizer`
+tells the two kinds apart by the file's `"type"` field (ours says "omnicoder-byte").
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from omnicoder.errors import OmniCoderError
+
+BYTE_TOKENIZER_TYPE = "omnicoder-byte"
+
+
+class StreamDecoder(Protocol):
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def stream_decoder(self) -> StreamDecoder: ...
+    def to_json(self) -> str: ...
+
+
+class _ByteStreamDecoder:
+    """Turns byte ids into text as they arrive, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        if 0 <= token_id < 256:
+            return self._decoder.decode(bytes((token_id,)))
+        return ""
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+@dataclass(frozen=True)
+class ByteTokenizer:
+    """256 byte ids, then BOS/EOS/PAD and reserved ids up to `vocab_size`.
+
+    Lossless for any Python string: text is encoded as UTF-8 with `surrogatepass`, so even lone
+    surrogates round-trip.
+    """
+
+    vocab_size: int = 272
+    bos_id: int = 256
+    eos_id: int = 257
+    pad_id: int = 258
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = list(text.encode("utf-8", errors="surrogatepass"))
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def decode(self, ids: list[int]) -> str:
+        data = bytes(i for i in ids if 0 <= i < 256)
+        return data.decode("utf-8", errors="surrogatepass")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return _ByteStreamDecoder()
+
+    def to_json(self) -> str:
+        spec = {
+            "type": BYTE_TOKENIZER_TYPE,
+            "version": 1,
+            "vocab_size": self.vocab_size,
+            "byte_ids": [0, 256],
+            "special_tokens": {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id},
+        }
+        return json.dumps(spec, indent=2) + "\n"
+
+
+class _HFStreamDecoder:
+    """Streams text from a subword tokenizer by decoding the growing id list and emitting the new suffix."""
+
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tok.decode(self._ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more tokens
+            return ""
+        new, self._emitted = text[len(self._emitted) :], text
+        return new
+
+    def flush(self) -> str:
+        text = self._tok.decode(self._ids)
+        new, self._emitted = text[len(self._emitted) :], text
+        return new
+
+
+class HFTokenizer:
+    """Adapter over a Hugging Face `tokenizer.json` (BPE, Unigram, ...) with the same interface."""
+
+    def __init__(self, json_text: str, bos_id: int, eos_id: int) -> None:
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError:
+            raise OmniCoderError(
+                "this model uses a Hugging Face tokenizer.json; install the 'tokenizers' package"
+            ) from None
+        self._json = json_text
+        self._tok = _Tok.from_str(json_text)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos and self.bos_id >= 0 else list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return _HFStreamDecoder(self)
+
+    def to_json(self) -> str:
+        return self._json
+
+
+def tokenizer_from_json(text: str, bos_id: int = -1, eos_id: int = -1) -> Tokenizer:
+    """Build a tokenizer from the text of a tokenizer.json (ours or Hugging Face's)."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OmniCoderError(f"tokenizer.json is not valid JSON ({exc.msg}); re-export the model") from None
+    if isinstance(spec, dict) and spec.get("type") == BYTE_TOKENIZER_TYPE:
+        special = spec.get("special_tokens", {})
+        return ByteTokenizer(
+            vocab_size=int(spec["vocab_size"]),
+            bos_id=int(special["bos"]),
+            eos_id=int(special["eos"]),
+            pad_id=int(special["pad"]),
+        )
+    return HFTokenizer(text, bos_id=bos_id, eos_id=eos_id)
+
+
+def load_tokenizer(path: str | Path, bos_id: int = -1, eos_id: int = -1) -> Tokenizer:
+    """Load `tokenizer.json` from a file or a directory that holds one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise OmniCoderError(f"cannot read tokenizer {path}: {exc.strerror}") from None
+    return tokenizer_from_json(text, bos_id=bos_id, eos_id=eos_id)

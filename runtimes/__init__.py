@@ -1,0 +1,1 @@
+"""Torch-free runtimes: bundle runners, KV-cache management, budget tools and the provider bench."""
