@@ -1,7 +1,8 @@
 """The two attention kinds behind one interface.
 
 Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's past
-cache entry (key, value) in BNSH layout, and return (output [B, T, d], new entry for the T tokens).
+cache entry (key, value) in BNSH layout, and return (output [B, T, d], the new entry for the T tokens,
+the present entry for past + new tokens as the fused attention op produced it).
 
 - GQA caches key [B, n_kv_heads, T, head_dim] and value of the same shape.
 - MLA caches one row per token: key = [latent (kv_latent_dim) | rotated RoPE key (rope_head_dim)] as
@@ -38,7 +39,7 @@ class GroupedQueryAttention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -46,10 +47,10 @@ class GroupedQueryAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
-        keys = ops.kv_update(None if past is None else past[0], k)
-        values = ops.kv_update(None if past is None else past[1], v)
-        out = ops.attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim), window=self.window)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
+        past_k, past_v = (None, None) if past is None else past
+        scale = 1.0 / math.sqrt(self.head_dim)
+        out, keys, values = ops.cached_attention(q, k, v, past_k, past_v, scale, self.window)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values)
 
 
 class LatentAttention(nn.Module):
@@ -77,7 +78,7 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
         self.scale = 1.0 / math.sqrt(c.head_dim + c.rope_head_dim)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split((self.head_dim, self.rope_dim), dim=-1)
@@ -85,16 +86,22 @@ class LatentAttention(nn.Module):
         latent, k_rope = self.kv_down(x).split((self.latent_dim, self.rope_dim), dim=-1)
         k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
         row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
-        rows = ops.kv_update(None if past is None else past[0], row)
-        out = self._absorbed(q_nope, q_rope, rows) if self.absorbed else self._naive(q_nope, q_rope, rows)
-        new = (row, row.new_zeros(b, 1, t, 0))
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), new
+        past_rows = None if past is None else past[0]
+        if self.absorbed:
+            out, rows = self._absorbed(q_nope, q_rope, row, past_rows)
+        else:
+            rows = ops.kv_update(past_rows, row)
+            out = self._naive(q_nope, q_rope, rows)
+        empty = row[..., :0]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (row, empty), (rows, rows[..., :0])
 
-    def _absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up)
         query = torch.cat((q_latent, q_rope), dim=-1)
-        ctx_latent = ops.attention(query, rows, rows[..., : self.latent_dim], self.scale, self.window)
-        return torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
+        ctx_latent, rows = ops.latent_attention(query, row, past_rows, self.latent_dim, self.scale, self.window)
+        return torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up), rows
 
     def _naive(self, q_nope: torch.Tensor, q_rope: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         latent, k_rope = rows.split((self.latent_dim, self.rope_dim), dim=-1)

@@ -25,6 +25,7 @@ RETENTION_CLASSES = ("keep", "compress", "drop")
 class DecoderOutput:
     logits: torch.Tensor  # [B, T, V]: next token
     new_kv: list[LayerKV]  # per layer, the T new tokens' cache entries
+    present_kv: list[LayerKV] | None = None  # per layer, past + new entries (what a decode-step graph returns)
     mtp_logits: torch.Tensor | None = None  # [B, T, n_mtp, V]: tokens t+2 .. t+1+n_mtp
     retention: torch.Tensor | None = None  # [B, T, 3]: keep / compress / drop logits
     hidden: torch.Tensor | None = None  # [B, T, d]: final hidden state (before the final norm)
@@ -38,10 +39,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV]:
-        attn_out, new_kv = self.attn(self.attn_norm(x), rotary, past)
+    def forward(self, x: torch.Tensor, rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
+        attn_out, new_kv, present_kv = self.attn(self.attn_norm(x), rotary, past)
         x = x + attn_out
-        return x + self.mlp(self.mlp_norm(x)), new_kv
+        return x + self.mlp(self.mlp_norm(x)), new_kv, present_kv
 
 
 class MTPHead(nn.Module):
@@ -100,11 +101,13 @@ class OmniCoder(nn.Module):
         x = self.embed(input_ids)
         rotary = self.rotary(positions)
         new_kv: list[LayerKV] = []
+        present_kv: list[LayerKV] = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, rotary, None if past is None else past[i])
-            new_kv.append(kv)
+            x, new, present = layer(x, rotary, None if past is None else past[i])
+            new_kv.append(new)
+            present_kv.append(present)
         logits = self.lm_head(self.norm(x))
-        out = DecoderOutput(logits=logits, new_kv=new_kv, hidden=x)
+        out = DecoderOutput(logits=logits, new_kv=new_kv, present_kv=present_kv, hidden=x)
         if heads and len(self.mtp_heads):
             out.mtp_logits = torch.stack([self.lm_head(self.norm(m(x))) for m in self.mtp_heads], dim=2)
         if heads and self.retention_head is not None:

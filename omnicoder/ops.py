@@ -1,20 +1,47 @@
 """Fused-op boundaries of the network, each with its reference implementation.
 
-Every exporter maps these calls to its target's fused op (ONNX `Attention` / `GroupQueryAttention`,
-Core ML `scaled_dot_product_attention`, ExecuTorch `llama::custom_sdpa` / `llama::update_cache`).
-The network calls only these functions for attention and the KV update, so there is one definition of
-the model and one place per target that lowers it.
+The network calls only these functions for attention + KV update and for quantized linears, so there is
+one definition of the model and one place per target that lowers each boundary:
+
+| boundary            | ONNX                                   | ExecuTorch                     | Core ML                         |
+|---------------------|----------------------------------------|--------------------------------|---------------------------------|
+| cached_attention    | `Attention` (past/present KV inputs)   | llama::update_cache + custom_sdpa | scaled_dot_product_attention |
+| latent_attention    | Concat + `Attention` (V = K[..., :dl]) | update_cache + custom_sdpa     | scaled_dot_product_attention    |
+| quant_linear        | DequantizeLinear(int4)+MatMul / MatMulNBits | torchao 8da4w              | constexpr_blockwise_shift_scale |
+
+Normally the reference (eager PyTorch) implementations run. Inside `export_mode()` the boundaries are
+torch custom ops (`torch.ops.omnicoder.*`) that `torch.export` keeps as single nodes, so an exporter can
+translate each one to its target's fused op.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+
+_EXPORT_MODE = False
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Route the boundaries through the `omnicoder::` custom ops while tracing for export."""
+    global _EXPORT_MODE
+    previous, _EXPORT_MODE = _EXPORT_MODE, True
+    try:
+        yield
+    finally:
+        _EXPORT_MODE = previous
+
+
+# ---- reference implementations ---------------------------------------------------------------------
 
 
 def kv_update(past: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     """Append the new tokens' keys or values [B, H, T, D] to the past ones along the sequence axis."""
-    if past is None:
+    if past is None or past.shape[2] == 0:
         return new
     return torch.cat((past, new), dim=2)
 
@@ -47,3 +74,115 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, w
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     mask = causal_mask(q_len, kv_len, window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def _cached_attention_ref(q, k, v, past_k, past_v, scale: float, window: int):
+    keys, values = kv_update(past_k, k), kv_update(past_v, v)
+    return attention(q, keys, values, scale, window), keys, values
+
+
+def _latent_attention_ref(q, row, past_rows, latent_dim: int, scale: float, window: int):
+    rows = kv_update(past_rows, row)
+    return attention(q, rows, rows[..., :latent_dim], scale, window), rows
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Symmetric blockwise dequantization: qweight int8 [N, K] (int4 or int8 codes), scales [N, K / block]."""
+    n, k = qweight.shape
+    block = k // scales.shape[1]
+    return (qweight.to(scales.dtype).view(n, -1, block) * scales.unsqueeze(-1)).view(n, k)
+
+
+def _quant_linear_ref(x, qweight, scales, bias, bits: int):
+    return F.linear(x, dequantize(qweight, scales).to(x.dtype), bias)
+
+
+# ---- custom ops: the same math as single graph nodes for exporters ---------------------------------
+
+
+@torch.library.custom_op("omnicoder::cached_attention", mutates_args=())
+def _cached_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    scale: float,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, keys, values = _cached_attention_ref(q, k, v, past_k, past_v, scale, window)
+    return out, keys.clone(), values.clone()
+
+
+@_cached_attention_op.register_fake
+def _(q, k, v, past_k, past_v, scale, window):
+    keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+    return q.new_empty(*q.shape[:3], v.shape[3]), keys, values
+
+
+@torch.library.custom_op("omnicoder::latent_attention", mutates_args=())
+def _latent_attention_op(
+    q: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor, latent_dim: int, scale: float, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, rows = _latent_attention_ref(q, row, past_rows, latent_dim, scale, window)
+    return out, rows.clone()
+
+
+@_latent_attention_op.register_fake
+def _(q, row, past_rows, latent_dim, scale, window):
+    return q.new_empty(*q.shape[:3], latent_dim), torch.cat((past_rows, row), dim=2)
+
+
+@torch.library.custom_op("omnicoder::quant_linear", mutates_args=())
+def _quant_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    return _quant_linear_ref(x, qweight, scales, None, bits)
+
+
+@_quant_linear_op.register_fake
+def _(x, qweight, scales, bits):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+# ---- the boundaries the network calls ---------------------------------------------------------------
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor | None,
+    past_v: torch.Tensor | None,
+    scale: float,
+    window: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KV update + causal attention: returns (output, all keys, all values) for the layer.
+
+    k, v are the T new tokens' keys/values; past_k, past_v the cached ones (or None).
+    """
+    if _EXPORT_MODE:
+        if past_k is None:
+            past_k, past_v = k[:, :, :0], v[:, :, :0]
+        return torch.ops.omnicoder.cached_attention(q, k, v, past_k, past_v, scale, window)
+    return _cached_attention_ref(q, k, v, past_k, past_v, scale, window)
+
+
+def latent_attention(
+    q: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor | None, latent_dim: int, scale: float, window: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLA's attention over its latent cache: keys are the rows [B, 1, S, latent | rope], values the rows'
+    first `latent_dim` columns. Returns (output [B, H, T, latent_dim], all rows)."""
+    if _EXPORT_MODE:
+        if past_rows is None:
+            past_rows = row[:, :, :0]
+        return torch.ops.omnicoder.latent_attention(q, row, past_rows, latent_dim, scale, window)
+    return _latent_attention_ref(q, row, past_rows, latent_dim, scale, window)
+
+
+def quant_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, bits: int
+) -> torch.Tensor:
+    """y = x @ dequantize(qweight, scales).T + bias, with symmetric `bits`-bit codes in blocks."""
+    if _EXPORT_MODE:
+        y = torch.ops.omnicoder.quant_linear(x, qweight, scales, bits)
+        return y if bias is None else y + bias
+    return _quant_linear_ref(x, qweight, scales, bias, bits)
