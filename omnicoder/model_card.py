@@ -19,6 +19,11 @@ from omnicoder.errors import OmniCoderError, cli_main
 
 def render_card(name: str, params: int, state: dict, result: dict, command: str, hardware: str) -> str:
     hours = state["seconds"] / 3600
+    cfg = state["config"]
+    shape = f"{cfg['n_layers']} / {cfg['d_model']} / {cfg['n_heads']}"
+    kv_row = cfg["kv_latent_dim"] + cfg["rope_head_dim"]
+    kv = f"{kv_row} floats (latent {cfg['kv_latent_dim']} + RoPE key {cfg['rope_head_dim']})"
+    python = platform.python_version()
     history = "\n".join(
         f"| {h['step']} | {h['tokens'] / 1e6:.1f}M | {h['train_bpb']:.3f} | {h['heldout_bpb']:.3f} |"
         for h in state["history"]
@@ -26,28 +31,23 @@ def render_card(name: str, params: int, state: dict, result: dict, command: str,
     return f"""# {name}
 
 The embedded default model of OmniCoder: a byte-level Python code model with latent-KV (MLA) attention,
-{state["config"]["n_mtp"]} multi-token-prediction heads and a retention head.
+{cfg["n_mtp"]} multi-token-prediction heads and a retention head.
 
 | | |
 |---|---|
 | parameters | {params:,} |
-| layers / d_model / heads | {state["config"]["n_layers"]} / {state["config"]["d_model"]} / {
-        state["config"]["n_heads"]
-    } |
-| KV cache per token per layer | {state["config"]["kv_latent_dim"] + state["config"]["rope_head_dim"]} floats (latent {
-        state["config"]["kv_latent_dim"]
-    } + RoPE key {state["config"]["rope_head_dim"]}) |
-| context | {state["config"]["max_seq_len"]} bytes |
+| layers / d_model / heads | {shape} |
+| KV cache per token per layer | {kv} |
+| context | {cfg["max_seq_len"]} bytes |
 | training tokens | {state["tokens"] / 1e6:.1f}M bytes ({state["step"]} steps) |
 | training time | {hours:.2f} h on {hardware} |
-| corpus | the Python {
-        platform.python_version()
-    } standard library `.py` files (site-packages excluded); held-out split: 2% of files by sha256 of the relative path |
+| corpus | the Python {python} standard library `.py` files, without site-packages |
+| held-out split | 2% of the files, chosen by the sha256 of their relative path |
 
 ## Held-out quality
 
 Bits per byte on the whole held-out split ({result["files"]} files, {result["bytes"]:,} bytes), teacher forcing,
-windows of {state["config"]["max_seq_len"]} bytes with stride {state["config"]["max_seq_len"] // 2}:
+windows of {cfg["max_seq_len"]} bytes with stride {cfg["max_seq_len"] // 2}:
 
 | | bits per byte |
 |---|---|

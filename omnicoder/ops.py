@@ -3,11 +3,13 @@
 The network calls only these functions for attention + KV update and for quantized linears, so there is
 one definition of the model and one place per target that lowers each boundary:
 
-| boundary            | ONNX                                   | ExecuTorch                     | Core ML                         |
-|---------------------|----------------------------------------|--------------------------------|---------------------------------|
-| cached_attention    | `Attention` (past/present KV inputs)   | llama::update_cache + custom_sdpa | scaled_dot_product_attention |
-| latent_attention    | Concat + `Attention` (V = K[..., :dl]) | update_cache + custom_sdpa     | scaled_dot_product_attention    |
-| quant_linear        | DequantizeLinear(int4)+MatMul / MatMulNBits | torchao 8da4w              | constexpr_blockwise_shift_scale |
+- cached_attention (attention + KV update): ONNX `Attention` with past/present KV inputs (or
+  `com.microsoft.GroupQueryAttention`); ExecuTorch `llama::update_cache` + `llama::custom_sdpa`;
+  Core ML `scaled_dot_product_attention`.
+- latent_attention (MLA over its latent cache, V = K[..., :latent]): ONNX Concat + `Attention`.
+- quant_linear: ONNX DequantizeLinear(int4, block 32) + MatMul (ORT fuses it into MatMulNBits), or
+  MatMulNBits directly, or int8 dynamic quantization; ExecuTorch torchao 8da4w; Core ML
+  `constexpr_blockwise_shift_scale`.
 
 Normally the reference (eager PyTorch) implementations run. Inside `export_mode()` the boundaries are
 torch custom ops (`torch.ops.omnicoder.*`) that `torch.export` keeps as single nodes, so an exporter can
