@@ -1,21 +1,43 @@
-"""Reference KV-cached generation in PyTorch: prefill the prompt, then decode one token per step."""
+"""Reference generation in PyTorch: the shared decode loop (`omnicoder.runtimes.decode_loop`) driving
+the eager model with its KV cache."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from omnicoder.errors import OmniCoderError
 from omnicoder.kv_cache import KVCache
 from omnicoder.model import OmniCoder
+from omnicoder.runtimes import decode_loop
 from omnicoder.runtimes.sampling import Sampler
-from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
+from omnicoder.runtimes.stats import GenerationStats
 from omnicoder.tokenizer import Tokenizer
 
 
-@torch.no_grad()
+class TorchBackend:
+    """Batch-1 decode steps through the eager model."""
+
+    def __init__(self, model: OmniCoder) -> None:
+        self.model = model.eval()
+        self.context_length = model.config.max_seq_len
+        self.cache = KVCache(model.config.n_layers)
+
+    def reset(self) -> None:
+        self.cache = KVCache(self.model.config.n_layers)
+
+    @property
+    def cache_length(self) -> int:
+        return self.cache.length
+
+    @torch.no_grad()
+    def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        out = self.model(torch.tensor([ids]), torch.tensor([positions]), self.cache.past(), heads=False)
+        self.cache.append(out.new_kv)
+        return out.logits[0, -1].float().numpy()
+
+
 def generate_ids(
     model: OmniCoder,
     prompt_ids: list[int],
@@ -24,38 +46,7 @@ def generate_ids(
     eos_id: int,
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[list[int], GenerationStats]:
-    """Generate up to max_new_tokens ids after prompt_ids; stops at EOS or the model's context."""
-    context = model.config.max_seq_len
-    if len(prompt_ids) > context:
-        raise OmniCoderError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context ({context})")
-    stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
-    cache = KVCache(model.config.n_layers)
-    out: list[int] = []
-    ids = torch.tensor([prompt_ids])
-    positions = torch.arange(len(prompt_ids)).unsqueeze(0)
-    start = time.perf_counter()
-    for step in range(max_new_tokens):
-        result = model(ids, positions, cache.past(), heads=False)
-        cache.append(result.new_kv)
-        token = sampler.sample(result.logits[0, -1].float().numpy())
-        now = time.perf_counter()
-        if step == 0:
-            stats.prefill_seconds, start = now - start, now
-        if token == eos_id:
-            stats.stop_reason = "eos"
-            break
-        out.append(token)
-        if on_token is not None:
-            on_token(token)
-        if cache.length >= context:
-            stats.stop_reason = "context"
-            break
-        ids = torch.tensor([[token]])
-        positions = torch.tensor([[cache.length]])
-    stats.decode_seconds = time.perf_counter() - start if out else 0.0
-    stats.generated_tokens = len(out)
-    stats.peak_rss_mb = peak_rss_mb()
-    return out, stats
+    return decode_loop.generate_ids(TorchBackend(model), prompt_ids, max_new_tokens, sampler, eos_id, on_token)
 
 
 def generate_text(
@@ -66,23 +57,4 @@ def generate_text(
     sampler: Sampler,
     on_text: Callable[[str], None] | None = None,
 ) -> tuple[str, GenerationStats]:
-    """Generate a completion of `prompt`, streaming decoded text pieces to on_text."""
-    decoder = tokenizer.stream_decoder()
-    pieces: list[str] = []
-
-    def emit(token: int) -> None:
-        piece = decoder.push(token)
-        if piece:
-            pieces.append(piece)
-            if on_text is not None:
-                on_text(piece)
-
-    _, stats = generate_ids(
-        model, tokenizer.encode(prompt, add_bos=True), max_new_tokens, sampler, tokenizer.eos_id, emit
-    )
-    tail = decoder.flush()
-    if tail:
-        pieces.append(tail)
-        if on_text is not None:
-            on_text(tail)
-    return "".join(pieces), stats
+    return decode_loop.generate_text(TorchBackend(model), tokenizer, prompt, max_new_tokens, sampler, on_text)

@@ -1,0 +1,236 @@
+"""`omnicoder-export --target onnx`: model -> ONNX decode-step graph -> bundle directory.
+
+Weights: fp32; fp16 (float16 storage, fp32 compute); int4 (weight-only, symmetric, block 32; every
+nn.Linear of the blocks and MTP heads); int8 (per-channel weights, dynamic int8 activations). The
+embedding and the tied LM head stay fp32 in every mode (see `omnicoder.quant`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from omnicoder.export.onnx_graph import export_decode_graph, kv_names
+from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
+from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
+from omnicoder.runtimes.stats import peak_rss_mb
+from tqdm import tqdm
+
+from omnicoder import __version__
+from omnicoder.config import OmniCoderConfig
+from omnicoder.errors import OmniCoderError
+from omnicoder.fsutil import atomic_directory
+
+WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
+DEFAULT_PAGE_LEN = 64
+EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
+
+
+@dataclass
+class OnnxExportOptions:
+    weights: str = "int4"
+    int4_format: str = "qdq"
+    attention: str = "onnx"
+    opset: int = 23
+    accuracy_level: int = 4
+    page_len: int = DEFAULT_PAGE_LEN
+
+
+def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
+    """The manifest's `model` section."""
+    return {
+        "name": config.name,
+        "attention": config.attention,
+        "n_layers": config.n_layers,
+        "n_heads": config.n_heads,
+        "n_kv_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "kv_latent_dim": config.kv_latent_dim,
+        "rope_head_dim": config.rope_head_dim,
+        "d_model": config.d_model,
+        "vocab_size": config.vocab_size,
+        "context_length": config.max_seq_len,
+        "parameters": parameters,
+        "rope": {"theta": config.rope_theta, "scaling": config.to_dict()["rope_scaling"]},
+        "bos_id": config.bos_id,
+        "eos_id": config.eos_id,
+        "pad_id": config.pad_id,
+        "n_mtp": config.n_mtp,
+        "retention_head": config.retention_head,
+        "sliding_window": config.sliding_window,
+    }
+
+
+def kv_contract(config: OmniCoderConfig) -> dict:
+    has_values = config.kv_value_dim > 0
+    return {
+        "layout": "BNSH",
+        "kind": "gqa" if config.attention == "gqa" else "mla-latent",
+        "heads": config.kv_heads,
+        "key_dim": config.kv_key_dim,
+        "value_dim": config.kv_value_dim,
+        "past_key": "past_key_values.{layer}.key",
+        "past_value": "past_key_values.{layer}.value" if has_values else None,
+        "present_key": "present.{layer}.key",
+        "present_value": "present.{layer}.value" if has_values else None,
+    }
+
+
+def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32") -> dict:
+    bytes_per_float = {"fp32": 4, "fp16": 2}[kv_dtype]
+    return {
+        "page_len": page_len,
+        "n_layers": config.n_layers,
+        "heads": config.kv_heads,
+        "dl": config.kv_latent_dim if config.attention == "mla" else config.head_dim,
+        "rope_dim": config.rope_head_dim if config.attention == "mla" else 0,
+        "key_dim": config.kv_key_dim,
+        "value_dim": config.kv_value_dim,
+        "kv_dtype": kv_dtype,
+        "bytes_per_token_per_layer": config.kv_floats_per_token_per_layer * bytes_per_float,
+        "context_length": config.max_seq_len,
+    }
+
+
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8",
+}
+
+
+def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig) -> None:
+    """Give the graph's dynamic I/O dimensions stable names (the exporter numbers them)."""
+    past_in, present_out = kv_names(config)
+
+    def rename(value, names):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=False):
+            if name is not None:
+                dim.ClearField("dim_value")
+                dim.dim_param = name
+
+    for value in model.graph.input:
+        if value.name in ("input_ids", "position_ids"):
+            rename(value, ["batch", "sequence"])
+        elif value.name in past_in:
+            rename(value, ["batch", None, "past_sequence", None])
+    for value in model.graph.output:
+        if value.name in present_out:
+            rename(value, ["batch", None, "total_sequence", None])
+        else:
+            rename(value, ["batch", "sequence"])
+
+
+def _tensor_specs(values) -> list[dict]:
+    specs = []
+    for value in values:
+        tt = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in tt.shape.dim]
+        specs.append({"name": value.name, "dtype": _DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape})
+    return specs
+
+
+def _metadata_props(config: OmniCoderConfig, options: OnnxExportOptions) -> dict[str, str]:
+    return {
+        "omnicoder.bundle_format_version": str(FORMAT_VERSION),
+        "omnicoder.attention": config.attention,
+        "rope_theta": str(config.rope_theta),
+        "rope_scaling": json.dumps(config.to_dict()["rope_scaling"]),
+        "n_layers": str(config.n_layers),
+        "n_heads": str(config.n_heads),
+        "n_kv_heads": str(config.kv_heads),
+        "head_dim": str(config.head_dim),
+        "kv_latent_dim": str(config.kv_latent_dim),
+        "rope_head_dim": str(config.rope_head_dim),
+        "vocab_size": str(config.vocab_size),
+        "context_length": str(config.max_seq_len),
+        "bos_id": str(config.bos_id),
+        "eos_id": str(config.eos_id),
+        "weights": options.weights,
+    }
+
+
+def export_onnx_bundle(
+    model, tokenizer_json: str, out: str | Path, options: OnnxExportOptions, command: str = ""
+) -> dict:
+    """Export `model` (an OmniCoder in fp32) into a bundle at `out`; returns the manifest."""
+    import torch
+
+    from omnicoder.quant import quantize_linears
+
+    if options.weights not in WEIGHT_MODES:
+        raise OmniCoderError(f"--weights {options.weights} is unknown; use one of {', '.join(WEIGHT_MODES)}")
+    config: OmniCoderConfig = model.config
+    started = time.perf_counter()
+    parameters = model.num_parameters()
+    stages = tqdm(total=5, desc="export onnx", unit="stage")
+    quantized = 0
+    if options.weights in ("int4", "int8"):
+        stages.set_postfix_str(f"quantize {options.weights}")
+        quantized = len(quantize_linears(model, options.weights))
+    stages.update(1)
+    with atomic_directory(out) as tmp, torch.no_grad():
+        stages.set_postfix_str("torch.export + ONNX conversion")
+        graph_path = export_decode_graph(model, tmp / "model.onnx", options.opset, options.attention)
+        stages.update(1)
+        stages.set_postfix_str("lower quantized linears")
+        proto = onnx.load(str(graph_path))
+        lowered = lower_quant_linears(proto, options.int4_format, options.accuracy_level)
+        if lowered != quantized:
+            raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} lowered")
+        if options.weights == "fp16":
+            store_weights_fp16(proto)
+        _name_dims(proto, config)
+        for key, value in _metadata_props(config, options).items():
+            proto.metadata_props.add(key=key, value=value)
+        stages.update(1)
+        stages.set_postfix_str("write bundle")
+        big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+        onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        (tmp / "model.kv_paging.json").write_text(json.dumps(paging_sidecar(config, options.page_len), indent=2))
+        stages.update(1)
+        attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
+        manifest = {
+            "created_by": f"omnicoder {__version__}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "target": "onnx",
+            "model": model_metadata(config, parameters),
+            "precision": {
+                "weights": options.weights,
+                "int4_format": options.int4_format if options.weights == "int4" else None,
+                "block_size": 32 if options.weights == "int4" else None,
+                "kv": "fp32",
+                "embedding": "fp32",
+                "lm_head": "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32",
+                "quantized_layers": quantized,
+            },
+            "graph": {
+                "file": "model.onnx",
+                "opset": options.opset,
+                "attention_op": attention_op,
+                "inputs": _tensor_specs(proto.graph.input),
+                "outputs": _tensor_specs(proto.graph.output),
+                "kv": kv_contract(config),
+            },
+            "tokenizer": {
+                "file": "tokenizer.json",
+                "type": "omnicoder-byte" if config.tokenizer == "byte" else "huggingface",
+            },
+            "sidecars": {"kv_paging": "model.kv_paging.json"},
+            "export": {
+                "command": command,
+                "seconds": round(time.perf_counter() - started, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            },
+        }
+        manifest = finalize_bundle(tmp, manifest)
+        stages.update(1)
+    stages.close()
+    return manifest

@@ -1,0 +1,150 @@
+"""Lower `omnicoder.QuantLinear` placeholder nodes to the ONNX forms that runtimes fuse, and store
+float weights as fp16.
+
+Forms (the codes and scales come from `omnicoder.quant`, so every form computes the same weights):
+- int4 "qdq": an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=32) -> MatMul. Standard
+  ONNX (opset >= 21); onnxruntime fuses it into MatMulNBits at optimization level EXTENDED or ALL.
+- int4 "matmulnbits": com.microsoft.MatMulNBits directly (uint4 codes with the default zero point 8).
+- int8 "dynamic": DynamicQuantizeLinear(x) -> MatMulInteger(u8 x s8) -> Cast -> Mul(x_scale * w_scale);
+  onnxruntime fuses it into DynamicQuantizeMatMul (for providers with no int4 kernels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+INT4_FORMS = ("qdq", "matmulnbits")
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _int4_qdq(node, x, codes, scales, block, out, prefix):
+    k, n = codes.shape[1], codes.shape[0]
+    weight = helper.make_tensor(prefix + "_w", TensorProto.INT4, (k, n), codes.T.reshape(-1).tolist())
+    scale = numpy_helper.from_array(np.ascontiguousarray(scales.T).astype(np.float32), prefix + "_scale")
+    nodes = [
+        helper.make_node(
+            "DequantizeLinear",
+            [weight.name, scale.name],
+            [prefix + "_wf"],
+            name=prefix + "_dq",
+            axis=0,
+            block_size=block,
+        ),
+        helper.make_node("MatMul", [x, prefix + "_wf"], [out], name=prefix + "_matmul"),
+    ]
+    return nodes, [weight, scale]
+
+
+def _int4_matmulnbits(node, x, codes, scales, block, out, prefix, accuracy_level):
+    n, k = codes.shape
+    unsigned = (codes.astype(np.int16) + 8).astype(np.uint8).reshape(n, k // block, block)
+    packed = (unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)).astype(np.uint8)
+    weight = numpy_helper.from_array(packed, prefix + "_qw")
+    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
+    nodes = [
+        helper.make_node(
+            "MatMulNBits",
+            [x, weight.name, scale.name],
+            [out],
+            name=prefix + "_mnb",
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=block,
+            accuracy_level=accuracy_level,
+        )
+    ]
+    return nodes, [weight, scale]
+
+
+def _int8_dynamic(node, x, codes, scales, out, prefix):
+    weight = numpy_helper.from_array(np.ascontiguousarray(codes.T).astype(np.int8), prefix + "_w")
+    w_scale = numpy_helper.from_array(scales[:, 0].astype(np.float32), prefix + "_wscale")
+    nodes = [
+        helper.make_node(
+            "DynamicQuantizeLinear", [x], [prefix + "_xq", prefix + "_xs", prefix + "_xzp"], name=prefix + "_dql"
+        ),
+        helper.make_node(
+            "MatMulInteger", [prefix + "_xq", weight.name, prefix + "_xzp"], [prefix + "_acc"], name=prefix + "_mmi"
+        ),
+        helper.make_node("Cast", [prefix + "_acc"], [prefix + "_accf"], name=prefix + "_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [prefix + "_xs", w_scale.name], [prefix + "_s"], name=prefix + "_smul"),
+        helper.make_node("Mul", [prefix + "_accf", prefix + "_s"], [out], name=prefix + "_mul"),
+    ]
+    return nodes, [weight, w_scale]
+
+
+def lower_quant_linears(model: onnx.ModelProto, int4_form: str = "qdq", accuracy_level: int = 4) -> int:
+    """Replace every omnicoder.QuantLinear node in place; returns how many were lowered."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    uses = _consumers(graph)
+    new_nodes, new_inits, dropped = [], [], set()
+    count = 0
+    for node in graph.node:
+        if not (node.domain == "omnicoder" and node.op_type == "QuantLinear"):
+            new_nodes.append(node)
+            continue
+        x, w_name, s_name = node.input
+        codes = numpy_helper.to_array(inits[w_name])
+        scales = numpy_helper.to_array(inits[s_name]).astype(np.float32)
+        bits = next(a.i for a in node.attribute if a.name == "bits")
+        block = codes.shape[1] // scales.shape[1]
+        prefix = f"quant{count}"
+        if bits == 4 and int4_form == "qdq":
+            nodes, tensors = _int4_qdq(node, x, codes, scales, block, node.output[0], prefix)
+        elif bits == 4:
+            nodes, tensors = _int4_matmulnbits(node, x, codes, scales, block, node.output[0], prefix, accuracy_level)
+        else:
+            nodes, tensors = _int8_dynamic(node, x, codes, scales, node.output[0], prefix)
+        new_nodes.extend(nodes)
+        new_inits.extend(tensors)
+        for name in (w_name, s_name):
+            uses[name] -= 1
+            if uses[name] == 0:
+                dropped.add(name)
+        count += 1
+    kept = [init for init in graph.initializer if init.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    domains = {o.domain for o in model.opset_import}
+    for opset in list(model.opset_import):
+        if opset.domain == "omnicoder":
+            model.opset_import.remove(opset)
+    if any(n.domain == "com.microsoft" for n in graph.node) and "com.microsoft" not in domains:
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return count
+
+
+def store_weights_fp16(model: onnx.ModelProto, min_elements: int = 1024) -> int:
+    """Store large float32 initializers as float16, each followed by a Cast back to float32.
+
+    The graph still computes in fp32 (so every CPU kernel applies); the file is about half the size,
+    and onnxruntime folds the Casts when it loads the session. Returns the number of tensors converted.
+    """
+    graph = model.graph
+    casts, converted = [], 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        array = numpy_helper.to_array(init).astype(np.float16)
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(array, name + "_fp16"))
+        casts.append(helper.make_node("Cast", [name + "_fp16"], [name], name=name + "_to_fp32", to=TensorProto.FLOAT))
+        converted += 1
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return converted

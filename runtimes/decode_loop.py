@@ -1,0 +1,100 @@
+"""The generation loop every runner shares (PyTorch reference, ONNX, ExecuTorch). Torch-free.
+
+A backend owns the model and its KV cache; the loop owns prefill/decode order, sampling, stopping,
+streaming and timing, so all runners behave the same for the same flags.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from omnicoder.runtimes.sampling import Sampler
+from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
+
+from omnicoder.errors import OmniCoderError
+
+
+class StepBackend(Protocol):
+    """A decode-step model with its own KV cache (batch 1)."""
+
+    context_length: int
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+
+    @property
+    def cache_length(self) -> int:
+        """Tokens currently in the KV cache; the next token's position when nothing was evicted."""
+
+    def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """Run the tokens through the model, append them to the cache, return the last position's logits [V]."""
+
+
+def generate_ids(
+    backend: StepBackend,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_id: int,
+    on_token: Callable[[int], None] | None = None,
+) -> tuple[list[int], GenerationStats]:
+    """Prefill the prompt, then sample up to max_new_tokens; stops at EOS or when the context is full."""
+    context = backend.context_length
+    if len(prompt_ids) > context:
+        raise OmniCoderError(
+            f"the prompt is {len(prompt_ids)} tokens, longer than the model's context ({context}); shorten it"
+        )
+    backend.reset()
+    stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
+    out: list[int] = []
+    ids, positions = list(prompt_ids), list(range(len(prompt_ids)))
+    start = time.perf_counter()
+    for step in range(max_new_tokens):
+        logits = backend.step(ids, positions)
+        token = sampler.sample(logits)
+        now = time.perf_counter()
+        if step == 0:
+            stats.prefill_seconds, start = now - start, now
+        if token == eos_id:
+            stats.stop_reason = "eos"
+            break
+        out.append(token)
+        if on_token is not None:
+            on_token(token)
+        if backend.cache_length >= context:
+            stats.stop_reason = "context"
+            break
+        ids, positions = [token], [positions[-1] + 1]
+    stats.decode_seconds = time.perf_counter() - start if out else 0.0
+    stats.generated_tokens = len(out)
+    stats.peak_rss_mb = peak_rss_mb()
+    return out, stats
+
+
+def generate_text(
+    backend: StepBackend,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    sampler: Sampler,
+    on_text: Callable[[str], None] | None = None,
+) -> tuple[str, GenerationStats]:
+    """Generate a completion of `prompt`, streaming decoded text pieces to on_text."""
+    decoder = tokenizer.stream_decoder()
+    pieces: list[str] = []
+
+    def emit(piece: str) -> None:
+        if piece:
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+    prompt_ids = tokenizer.encode(prompt, add_bos=True)
+    _, stats = generate_ids(
+        backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, lambda token: emit(decoder.push(token))
+    )
+    emit(decoder.flush())
+    return "".join(pieces), stats

@@ -1,0 +1,102 @@
+"""An onnxruntime session over a bundle's decode-step graph, as a backend for the shared decode loop
+and scorer. Torch-free: needs only onnxruntime + numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from omnicoder.runtimes.bundle import Bundle
+from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout
+
+from omnicoder.errors import OmniCoderError
+
+
+def session_options(
+    threads: int = 0,
+    optimized_path: str | Path | None = None,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    options.log_severity_level = 3
+    return options
+
+
+def resolve_providers(requested: str | None) -> list[str]:
+    available = ort.get_available_providers()
+    if requested is None:
+        return ["CPUExecutionProvider"]
+    name = requested if requested.endswith("ExecutionProvider") else f"{requested}ExecutionProvider"
+    if name not in available:
+        raise OmniCoderError(f"--provider {requested} is not available here; available: {', '.join(available)}")
+    return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
+
+
+def create_session(
+    bundle: Bundle, threads: int = 0, provider: str | None = None, optimized_path: str | Path | None = None
+) -> ort.InferenceSession:
+    if bundle.manifest["target"] != "onnx":
+        raise OmniCoderError(f"{bundle.path} is a {bundle.manifest['target']} bundle; this runner needs an onnx bundle")
+    try:
+        return ort.InferenceSession(
+            str(bundle.file(bundle.graph["file"])),
+            sess_options=session_options(threads, optimized_path),
+            providers=resolve_providers(provider),
+        )
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
+        raise OmniCoderError(f"onnxruntime cannot load {bundle.graph['file']}: {str(exc).splitlines()[0]}") from None
+
+
+class OnnxBackend:
+    """Batch-1 decode steps through the graph with IOBinding; the KV stays in onnxruntime's buffers."""
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.context_length = bundle.model["context_length"]
+        self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
+        self.cache = ContiguousKVCache(self.layout, to_device=ort.OrtValue.ortvalue_from_numpy)
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._present_to_past = dict(zip(self.layout.outputs, self.layout.inputs, strict=True))
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    @property
+    def cache_length(self) -> int:
+        return self.cache.length
+
+    def run(self, ids: np.ndarray, positions: np.ndarray, past: dict) -> dict:
+        """One graph call; returns logits (numpy) and presents (OrtValues keyed by past input name)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
+        for name, value in past.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        wanted = ["logits", *self.layout.outputs]
+        for name in wanted:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = dict(zip(wanted, binding.get_outputs(), strict=True))
+        presents = {self._present_to_past[name]: values[name] for name in self.layout.outputs}
+        return {"logits": values["logits"].numpy(), "presents": presents}
+
+    def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        result = self.run(np.array([ids]), np.array([positions]), self.cache.feeds())
+        self.cache.update(result["presents"], len(ids))
+        return result["logits"][0, -1]
+
+    def full_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for whole windows [B, W] from an empty cache (teacher forcing)."""
+        positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        return self.run(ids, positions, self.layout.empty(ids.shape[0]))["logits"]
