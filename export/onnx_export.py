@@ -95,6 +95,14 @@ def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32
     }
 
 
+def graph_constraints(options: OnnxExportOptions) -> list[str]:
+    """Limits of the graph a runtime must respect, in words."""
+    notes = ["positions are absolute; the KV cache may drop tokens as long as their neighbours keep their positions"]
+    if options.attention == "ort-gqa":
+        notes.append("GroupQueryAttention: batch must be 1 when sequence > 1 and past_sequence > 0")
+    return notes
+
+
 _DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
@@ -218,6 +226,7 @@ def export_onnx_bundle(
                 "inputs": _tensor_specs(proto.graph.input),
                 "outputs": _tensor_specs(proto.graph.output),
                 "kv": kv_contract(config),
+                "constraints": graph_constraints(options),
             },
             "tokenizer": {
                 "file": "tokenizer.json",

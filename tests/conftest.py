@@ -14,3 +14,37 @@ def tiny_model(request) -> OmniCoder:
     torch.manual_seed(0)
     config = gqa_test_config() if request.param == "gqa" else mla_test_config()
     return OmniCoder(config).eval()
+
+
+def export_bundle(model, out, **options):
+    from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
+
+    from omnicoder.tokenizer import ByteTokenizer
+
+    return export_onnx_bundle(model, ByteTokenizer().to_json(), out, OnnxExportOptions(**options))
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """Bundles of the tiny random models, exported once per session: name -> (model, bundle dir)."""
+    from omnicoder.presets import gqa_test_config, mla_test_config
+
+    root = tmp_path_factory.mktemp("bundles")
+    variants = {
+        "gqa-fp32": (gqa_test_config, {"weights": "fp32"}),
+        "mla-fp32": (mla_test_config, {"weights": "fp32"}),
+        "gqa-int4": (gqa_test_config, {"weights": "int4"}),
+        "mla-int4-mnb": (mla_test_config, {"weights": "int4", "int4_format": "matmulnbits"}),
+        "gqa-ortgqa": (gqa_test_config, {"weights": "fp32", "attention": "ort-gqa"}),
+        "mla-int8": (mla_test_config, {"weights": "int8"}),
+        "gqa-fp16": (gqa_test_config, {"weights": "fp16"}),
+    }
+    made = {}
+    for name, (make, options) in variants.items():
+        torch.manual_seed(0)
+        model = OmniCoder(make()).eval()
+        reference = OmniCoder(make()).eval()
+        reference.load_state_dict(model.state_dict())
+        export_bundle(model, root / name, **options)  # quantizes `model` in place for int4/int8
+        made[name] = (model, reference, root / name)
+    return made
