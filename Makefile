@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+DEMO_BUNDLE := bundles/omnicoder-tiny-int4
+
 demo: $(STAMP)
-	@echo "== code completion from the embedded default model (PyTorch reference generator) =="
-	$(BIN)/omnicoder-generate --model default --prompt 'def fibonacci(n):' --max-new-tokens 160 --temperature 0
+	@echo "== export the embedded default model to an int4 ONNX bundle =="
+	$(BIN)/omnicoder-export --target onnx --model default --weights int4 --out $(DEMO_BUNDLE)
+	@echo "== code completion with the torch-free ONNX runner =="
+	$(BIN)/python runtimes/onnx_decode_generate.py --bundle $(DEMO_BUNDLE) \
+		--prompt-file examples/fibonacci_prompt.py --max-new-tokens 200 --temperature 0.2 --top-p 0.95
 	@echo
 
 test: $(STAMP)
