@@ -68,6 +68,10 @@ def time_backend(backend, prompt_len: int, decode_steps: int, repeats: int) -> t
     """(prefill tok/s, decode tok/s) medians: prefill `prompt_len` tokens; decode with that past."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 256, prompt_len).tolist()
+    backend.reset()  # warm-up: first calls allocate and pick kernels
+    backend.step(prompt, list(range(prompt_len)))
+    for i in range(4):
+        backend.step([1], [prompt_len + i])
     prefill, decode = [], []
     for _ in range(repeats):
         backend.reset()
@@ -92,6 +96,7 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
     from omnicoder.config import OmniCoderConfig
     from omnicoder.generate import TorchBackend
     from omnicoder.model import OmniCoder
+    from omnicoder.presets import preset
     from omnicoder.tokenizer import ByteTokenizer
     from omnicoder.weights import load_model
 
@@ -109,11 +114,12 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
         if name == "default":
             make = lambda: load_model("default")  # noqa: E731
         else:
+            config = OmniCoderConfig(**RANDOM_100M) if name == "random-100m" else preset(name)
             torch.manual_seed(0)
-            state = OmniCoder(OmniCoderConfig(**RANDOM_100M)).state_dict()
+            state = OmniCoder(config).state_dict()
 
-            def make(state=state):
-                model = OmniCoder(OmniCoderConfig(**RANDOM_100M)).eval()
+            def make(state=state, config=config):
+                model = OmniCoder(config).eval()
                 model.load_state_dict(state)
                 return model
 
@@ -183,7 +189,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--models", default="default,random-100m")
+    p.add_argument("--models", default="default,random-100m", help="default, random-100m or preset names")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--decode-steps", type=int, default=32)
