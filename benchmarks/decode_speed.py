@@ -18,18 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-RANDOM_100M = dict(
-    name="random-100m",
-    d_model=768,
-    n_layers=16,
-    n_heads=12,
-    n_kv_heads=4,
-    head_dim=64,
-    mlp_hidden=2048,
-    attention="gqa",
-    max_seq_len=2048,
-)
-
 
 def memory_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
     """Copy bandwidth (bytes read + written per second), best of a few numpy copies of a large buffer."""
@@ -93,7 +81,6 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
     from omnicoder.runtimes.bundle import open_bundle
     from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
 
-    from omnicoder.config import OmniCoderConfig
     from omnicoder.generate import TorchBackend
     from omnicoder.model import OmniCoder
     from omnicoder.presets import preset
@@ -114,7 +101,7 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
         if name == "default":
             make = lambda: load_model("default")  # noqa: E731
         else:
-            config = OmniCoderConfig(**RANDOM_100M) if name == "random-100m" else preset(name)
+            config = preset(name)
             torch.manual_seed(0)
             state = OmniCoder(config).state_dict()
 
@@ -189,7 +176,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--models", default="default,random-100m", help="default, random-100m or preset names")
+    p.add_argument("--models", default="default,random-100m", help="'default' or preset names")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--decode-steps", type=int, default=32)

@@ -58,7 +58,26 @@ def mla_test_config() -> OmniCoderConfig:
     )
 
 
-PRESETS = {"omnicoder-tiny": omnicoder_tiny, "test-gqa": gqa_test_config, "test-mla": mla_test_config}
+def random_100m() -> OmniCoderConfig:
+    """A ~100M-parameter GQA shape for speed benchmarks (random weights, never trained)."""
+    return OmniCoderConfig(
+        name="random-100m",
+        d_model=768,
+        n_layers=16,
+        n_heads=12,
+        n_kv_heads=4,
+        head_dim=64,
+        mlp_hidden=2048,
+        max_seq_len=2048,
+    )
+
+
+PRESETS = {
+    "omnicoder-tiny": omnicoder_tiny,
+    "test-gqa": gqa_test_config,
+    "test-mla": mla_test_config,
+    "random-100m": random_100m,
+}
 
 
 def preset(name: str) -> OmniCoderConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from omnicoder.cliutil import ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import OmniCoderError, cli_main
@@ -30,16 +29,11 @@ def build_parser() -> ArgumentParser:
 
 
 def score(backend, bundle, files: list[str], window: int) -> dict:
-    from omnicoder.runtimes.scoring import bits_per_byte
+    from omnicoder.runtimes.scoring import bits_per_byte, read_files
 
     if bundle.manifest["tokenizer"]["type"] != "omnicoder-byte":
         raise OmniCoderError("--score measures bits per byte and needs a byte-level model bundle")
-    docs = []
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise OmniCoderError(f"--score: {path} is not a readable file")
-        docs.append(path.read_bytes())
+    docs = read_files(files, "--score")
     context = bundle.model["context_length"]
     if window > context:
         raise OmniCoderError(f"--window {window} exceeds the bundle's context {context}")

@@ -8,9 +8,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from omnicoder.errors import OmniCoderError
+
+
+def read_files(names: list[str], flag: str) -> list[bytes]:
+    """Read files to score; a missing or empty set is a one-line error naming `flag`."""
+    docs = []
+    for name in names:
+        path = Path(name)
+        if not path.is_file():
+            raise OmniCoderError(f"{flag}: {path} is not a readable file")
+        docs.append(path.read_bytes())
+    if not any(docs):
+        raise OmniCoderError(f"{flag}: all files are empty; nothing to score")
+    return docs
 
 
 @dataclass

@@ -49,12 +49,15 @@ def test_model_card_reports_measurements():
 
 
 def test_greedy_generation_is_stable(default_model):
+    from omnicoder.runtimes.decode_loop import generate_text
     from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
-    from omnicoder.generate import generate_text
+    from omnicoder.generate import TorchBackend
 
     texts = [
-        generate_text(default_model, ByteTokenizer(), PROMPT, 48, Sampler(SamplingParams(temperature=0)))[0]
+        generate_text(TorchBackend(default_model), ByteTokenizer(), PROMPT, 48, Sampler(SamplingParams(temperature=0)))[
+            0
+        ]
         for _ in range(2)
     ]
     assert texts[0] == texts[1] and len(texts[0]) > 0

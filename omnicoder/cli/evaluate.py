@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from omnicoder.cliutil import ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
@@ -22,18 +21,6 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.add_argument("--threads", type=int, default=0)
     return p
-
-
-def read_files(paths: list[str]) -> list[bytes]:
-    docs = []
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise OmniCoderError(f"--files: {path} is not a readable file")
-        docs.append(path.read_bytes())
-    if not any(docs):
-        raise OmniCoderError("--files: all files are empty; nothing to score")
-    return docs
 
 
 def truncate(docs: list[bytes], max_bytes: int) -> list[bytes]:
@@ -56,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         docs = read_documents(find_corpus().heldout)
     else:
-        docs = read_files(args.files)
+        from omnicoder.runtimes.scoring import read_files
+
+        docs = read_files(args.files, "--files")
     docs = truncate(docs, args.max_bytes)
     import torch
 

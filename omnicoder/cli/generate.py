@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
     import torch
 
-    from omnicoder.generate import generate_text
+    from omnicoder.generate import TorchBackend
     from omnicoder.loading import load_model_and_tokenizer
+    from omnicoder.runtimes.decode_loop import generate_text
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    _, stats = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampler, on_text=write)
+    _, stats = generate_text(TorchBackend(model), tokenizer, prompt, args.max_new_tokens, sampler, on_text=write)
     if sys.stdout.isatty():  # keep piped output exactly the generated text
         sys.stdout.write("\n")
     print(stats.line(), file=sys.stderr)
