@@ -22,6 +22,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should read like any new directory
     try:
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create private files
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
