@@ -11,6 +11,7 @@ Forms (the codes and scales come from `omnicoder.quant`, so every form computes 
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -27,8 +28,8 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, int]:
 
 
 def _int4_qdq(node, x, codes, scales, block, out, prefix):
-    k, n = codes.shape[1], codes.shape[0]
-    weight = helper.make_tensor(prefix + "_w", TensorProto.INT4, (k, n), codes.T.reshape(-1).tolist())
+    # packed two codes per byte in raw_data (make_tensor would store one int32 varint per code)
+    weight = numpy_helper.from_array(np.ascontiguousarray(codes.T).astype(ml_dtypes.int4), prefix + "_w")
     scale = numpy_helper.from_array(np.ascontiguousarray(scales.T).astype(np.float32), prefix + "_scale")
     nodes = [
         helper.make_node(

@@ -46,6 +46,7 @@ def test_int4_qdq_is_fused_into_matmulnbits(bundles, tmp_path):
     int4 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT4]
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert len(int4) == len(dq) == quantized > 0
+    assert all(len(i.raw_data) == np.prod(i.dims) // 2 for i in int4)  # packed: two codes per byte
     assert all({a.name: a.i for a in n.attribute}["block_size"] == 32 for n in dq)
     assert optimized_op_counts(path, tmp_path)["MatMulNBits"] == quantized
 
@@ -72,7 +73,8 @@ def test_fp16_halves_the_weights(bundles):
     fp16 = weight_bytes(bundles["gqa-fp16"][2] / "model.onnx")
     int4 = weight_bytes(bundles["gqa-int4"][2] / "model.onnx")
     assert fp16 < 0.52 * fp32
-    assert int4 < 0.3 * fp32  # the embedding / tied LM head stays fp32
+    # expected ~0.30: the fp32 embedding is 17% of this tiny model, int4 layers cost 4 + 1 (scale) bits per weight
+    assert int4 < 0.35 * fp32
 
 
 def test_io_contract_and_metadata(bundles):
