@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	@echo "== provider gate: the default int4 bundle against the ci-cpu profile =="
+	$(BIN)/omnicoder-export --target onnx --model default --weights int4 --out $(DEMO_BUNDLE)
+	$(BIN)/omnicoder-bench --bundle $(DEMO_BUNDLE) --profile ci-cpu --out build/provider_bench.json --report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -30,11 +30,22 @@ def session_options(
     return options
 
 
+def canonical_provider(name: str) -> str:
+    """'xnnpack', 'XNNPACK' or 'XnnpackExecutionProvider' -> 'XnnpackExecutionProvider'."""
+    wanted = name.lower().removesuffix("executionprovider")
+    for provider in ort.get_all_providers():
+        if provider.lower().removesuffix("executionprovider") == wanted:
+            return provider
+    known = ", ".join(p.removesuffix("ExecutionProvider") for p in ort.get_all_providers())
+    raise OmniCoderError(f"unknown execution provider {name!r}; onnxruntime knows: {known}")
+
+
 def resolve_providers(requested: str | None) -> list[str]:
-    available = ort.get_available_providers()
+    """The provider list for a session: the requested one (any spelling), then CPU as the fallback."""
     if requested is None:
         return ["CPUExecutionProvider"]
-    name = requested if requested.endswith("ExecutionProvider") else f"{requested}ExecutionProvider"
+    name = canonical_provider(requested)
+    available = ort.get_available_providers()
     if name not in available:
         raise OmniCoderError(f"--provider {requested} is not available here; available: {', '.join(available)}")
     return [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]

@@ -86,7 +86,8 @@ def test_bad_inputs(bundles, tmp_path, capfd):
         (["--bundle", good, "--prompt", "x", "--top-p", "0"], "--top-p"),
         (["--bundle", good, "--prompt", "x" * 500], "longer than the model's context"),
         (["--bundle", good, "--score", str(tmp_path / "missing.py")], "not a readable file"),
-        (["--bundle", good, "--prompt", "x", "--provider", "NoSuch"], "not available"),
+        (["--bundle", good, "--prompt", "x", "--provider", "NoSuch"], "unknown execution provider"),
+        (["--bundle", good, "--prompt", "x", "--provider", "xnnpack"], "not available here"),
     ]
     for argv, needle in cases:
         code, _, err = run_cli(runner.main, argv, capfd)

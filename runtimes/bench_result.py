@@ -1,0 +1,67 @@
+"""What the provider bench measures and decides, as plain dataclasses that serialize to provider_bench.json.
+Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Check:
+    """One gate: passes when `measured >= threshold` (a missing threshold fails: nothing to compare with)."""
+
+    provider: str
+    name: str
+    measured: float
+    threshold: float | None
+    note: str = ""
+    indicative: bool = False  # the threshold is a placeholder, not measured on this device class
+
+    @property
+    def passed(self) -> bool:
+        return self.threshold is not None and self.measured >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class Speed:
+    """Prefill and decode throughput of one provider: medians after a warm-up."""
+
+    threads: int
+    prefill_tokens: int
+    decode_steps: int
+    repeats: int
+    warmup_steps: int
+    prefill_tok_s: float  # median over `repeats` prefills of `prefill_tokens` from an empty cache
+    decode_tok_s: float  # 1 / median step time over repeats x decode_steps single-token steps
+    decode_p10_tok_s: float  # the fastest tenth of steps (what the machine can do when left alone)
+    decode_p90_tok_s: float  # the slowest tenth (noise: preemption, other processes)
+    prefill_samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ProviderResult:
+    provider: str
+    status: str  # "measured" | "skipped"
+    reason: str = ""
+    ops: dict[str, int] = field(default_factory=dict)
+    inventory_source: str = ""  # "optimized graph" or "profile" (when the provider compiles nodes)
+    optimized_graph: str | None = None
+    ops_by_provider: dict[str, dict[str, int]] = field(default_factory=dict)
+    session_seconds: float = 0.0
+    speed: Speed | None = None
+    peak_rss_mb: float = 0.0
+    rss_growth_mb: float | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "measured" and all(check.passed for check in self.checks)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["checks"] = [check.to_dict() for check in self.checks]
+        data["passed"] = self.passed
+        return data

@@ -1,0 +1,176 @@
+"""profiles/provider_thresholds.json: device profiles, their providers' fused-op policy and speed floors, and
+the history of measurements that set them. Read, compare, and rewrite from measurements. Torch-free.
+
+Speed floors are per model (`<model name>/<weights>`): tokens/s of one model say nothing about another.
+`--update-thresholds` appends the measurement to the profile's history and sets floor = reference x
+(1 - safety_margin), rounded down to two significant digits, where the reference is the fastest of the last
+REFERENCE_RUNS medians of the same provider, model and threads (this run included).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from omnicoder.runtimes.bench_result import Check, ProviderResult
+from omnicoder.runtimes.bench_timing import BenchSettings
+from omnicoder.runtimes.bundle import validate
+
+from omnicoder.errors import OmniCoderError
+from omnicoder.fsutil import atomic_write_text
+
+SCHEMA = "provider_thresholds.schema.json"
+FILE_NAME = "provider_thresholds.json"
+DEFAULT_MARGIN = 0.5
+DEFAULT_HISTORY_LIMIT = 200
+# Noise on a shared machine only slows a run down, so the fastest of the recent runs' medians is the best
+# estimate of what the machine does when left alone: an update made during a contended moment cannot lower the
+# floors below what would catch a 3x regression.
+REFERENCE_RUNS = 5
+SPEEDS = (("decode", "min_decode_tok_s", "decode_tok_s"), ("prefill", "min_prefill_tok_s", "prefill_tok_s"))
+
+
+def default_path() -> Path:
+    """./profiles/provider_thresholds.json, else the one in the source checkout next to runtimes/."""
+    here = Path("profiles") / FILE_NAME
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "profiles" / FILE_NAME
+
+
+def load(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OmniCoderError(f"thresholds file {path} does not exist; pass --thresholds FILE") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OmniCoderError(f"cannot read thresholds file {path}: {exc}") from None
+    validate(document, SCHEMA, str(path))
+    return document
+
+
+def save(path: Path, document: dict) -> None:
+    validate(document, SCHEMA, str(path))
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def model_key(manifest: dict) -> str:
+    return f"{manifest['model']['name']}/{manifest['precision']['weights']}"
+
+
+def profile_of(document: dict, name: str, create: bool = False) -> dict:
+    profiles = document["profiles"]
+    if name not in profiles:
+        if not create:
+            raise OmniCoderError(
+                f"unknown profile {name!r} in the thresholds file; choose one of {', '.join(sorted(profiles))} "
+                "(or create it with --update-thresholds)"
+            )
+        profiles[name] = {
+            "description": f"created by omnicoder-bench --update-thresholds for {name}",
+            "measured": True,
+            "source": "omnicoder-bench --update-thresholds",
+            "providers": {},
+            "history": [],
+        }
+    return profiles[name]
+
+
+def settings_of(profile: dict, overrides: dict) -> BenchSettings:
+    """The profile's bench settings, with command-line values (not None) taking precedence."""
+    values = {**profile.get("bench", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return BenchSettings(**values)
+
+
+def speed_checks(result: ProviderResult, entry: dict | None, key: str) -> list[Check]:
+    """Measured tok/s against the floors of model `key`; a missing floor fails and says how to set one."""
+    floor = (entry or {}).get("floors", {}).get(key)
+    checks = []
+    for label, field, measured in SPEEDS:
+        value = getattr(result.speed, measured)
+        if floor is None:
+            note = f"no floor for {key} on this provider; record one with --update-thresholds"
+            checks.append(Check(result.provider, f"{label} tok/s", value, None, note))
+        else:
+            indicative = not floor.get("measured", False)
+            note = "indicative placeholder, not measured on this device class" if indicative else ""
+            checks.append(Check(result.provider, f"{label} tok/s", value, floor[field], note, indicative))
+    return checks
+
+
+def round_down(value: float, digits: int = 2) -> float:
+    """Round down to `digits` significant digits: 1898 -> 1800, 0.837 -> 0.83."""
+    if value <= 0:
+        return 0.0
+    quantum = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    return round(math.floor(value / quantum + 1e-9) * quantum, 6)
+
+
+def update(document: dict, profile_name: str, results: list[ProviderResult], key: str, host: dict, when: str) -> list:
+    """Rewrite the floors of model `key` from measured providers whose fused-op checks pass; append history.
+    Returns one line per change. A provider that fails its fused-op checks keeps its floors: the update
+    must not bless a regression."""
+    profile = profile_of(document, profile_name, create=True)
+    margin = profile.get("safety_margin", document.get("safety_margin", DEFAULT_MARGIN))
+    lines = []
+    for result in results:
+        if result.status != "measured" or result.speed is None:
+            continue
+        if not all(check.passed for check in result.checks):
+            lines.append(f"{result.provider}: fused-op checks fail, floors for {key} left unchanged")
+            continue
+        history = profile.setdefault("history", [])
+        history.append(history_entry(result, key, host, when))
+        runs = [
+            h
+            for h in history
+            if (h["provider"], h["model"], h.get("threads")) == (result.provider, key, result.speed.threads)
+        ][-REFERENCE_RUNS:]
+        reference = {
+            "decode_tok_s": max(h["decode_tok_s"] for h in runs),
+            "prefill_tok_s": max(h["prefill_tok_s"] for h in runs),
+            "runs": len(runs),
+            "time": when,
+        }
+        floor = {
+            "min_decode_tok_s": round_down(reference["decode_tok_s"] * (1 - margin)),
+            "min_prefill_tok_s": round_down(reference["prefill_tok_s"] * (1 - margin)),
+            "measured": True,
+            "source": f"omnicoder-bench --update-thresholds on {host['machine']} ({host['cpus']} CPUs), {when}",
+            "safety_margin": margin,
+            "reference": reference,
+        }
+        profile["providers"].setdefault(result.provider, {}).setdefault("floors", {})[key] = floor
+        lines.append(
+            f"{result.provider} {key}: decode floor {floor['min_decode_tok_s']:g} tok/s, prefill floor "
+            f"{floor['min_prefill_tok_s']:g} tok/s = (1 - {margin:g}) x the fastest of the last {len(runs)} run(s) "
+            f"(decode {reference['decode_tok_s']:g}, prefill {reference['prefill_tok_s']:g}; this run "
+            f"{result.speed.decode_tok_s:g}, {result.speed.prefill_tok_s:g})"
+        )
+    if not profile["providers"]:  # a new profile with nothing recorded is not kept
+        del document["profiles"][profile_name]
+        return [*lines, f"profile {profile_name} not created: no provider passed its fused-op checks"]
+    limit = document.get("history_limit", DEFAULT_HISTORY_LIMIT)
+    profile["history"] = profile.get("history", [])[-limit:]
+    floors = [f for e in profile["providers"].values() for f in e.get("floors", {}).values()]
+    profile["measured"] = bool(floors) and all(f["measured"] for f in floors)
+    return lines
+
+
+def history_entry(result: ProviderResult, key: str, host: dict, when: str) -> dict:
+    speed = result.speed
+    assert speed is not None
+    return {
+        "time": when,
+        "provider": result.provider,
+        "model": key,
+        "decode_tok_s": speed.decode_tok_s,
+        "prefill_tok_s": speed.prefill_tok_s,
+        "decode_p10_tok_s": speed.decode_p10_tok_s,
+        "decode_p90_tok_s": speed.decode_p90_tok_s,
+        "peak_rss_mb": result.peak_rss_mb,
+        "threads": speed.threads,
+        "host": ", ".join(
+            str(v) for v in (host["machine"], f"{host['cpus']} CPUs", host["system"], host.get("cpu")) if v
+        ),
+        "onnxruntime": host["onnxruntime"],
+    }
