@@ -21,10 +21,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--bundle", required=True, help="bundle directory written by omnicoder-export --target onnx")
     add_sampling_args(p)
     p.add_argument("--score", nargs="+", metavar="FILE", help="report bits per byte of these files instead")
-    p.add_argument("--window", type=int, default=0, help="--score: tokens per window (default: the context)")
+    p.add_argument("--score-window", type=int, default=0, help="--score: tokens per window (default: the context)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--provider", default=None, help="execution provider, e.g. CPU, CoreML, NNAPI, XNNPACK")
     p.add_argument("--json", action="store_true", help="print stats (or the score) as JSON on the last line")
+    kv = p.add_argument_group("KV paging (see docs/bundle.md)")
+    kv.add_argument("--window", type=int, default=None, help="tokens of recent context attended (enables paging)")
+    kv.add_argument("--sink-pages", type=int, default=1, help="pages at the start always attended")
+    kv.add_argument("--kv-ram-budget-mb", type=float, default=0, help="resident KV before pages spill to disk")
+    kv.add_argument("--page-len", type=int, default=0, help="tokens per page (default: the bundle's sidecar)")
     return p
 
 
@@ -36,12 +41,27 @@ def score(backend, bundle, files: list[str], window: int) -> dict:
     docs = read_files(files, "--score")
     context = bundle.model["context_length"]
     if window > context:
-        raise OmniCoderError(f"--window {window} exceeds the bundle's context {context}")
+        raise OmniCoderError(f"--score-window {window} exceeds the bundle's context {context}")
     result = bits_per_byte(
         backend.full_logits, docs, bundle.model["bos_id"], bundle.model["pad_id"], window or context, progress=True
     )
     result["files"] = len(docs)
     return result
+
+
+def paging_policy(args, bundle):
+    """A PagingPolicy when any paging flag is given, else None (contiguous KV)."""
+    from omnicoder.runtimes.kv_paging import PagingPolicy
+
+    if args.window is None and args.kv_ram_budget_mb == 0:
+        return None
+    page_len = args.page_len or bundle.sidecar("kv_paging")["page_len"]
+    return PagingPolicy(
+        page_len=page_len,
+        window=args.window or 0,
+        sink_pages=args.sink_pages,
+        ram_budget_bytes=int(args.kv_ram_budget_mb * 2**20),
+    ).validate()
 
 
 @cli_main
@@ -55,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.score:
         bundle = open_bundle(args.bundle)
         backend = OnnxBackend(bundle, create_session(bundle, args.threads, args.provider))
-        result = score(backend, bundle, args.score, args.window)
+        result = score(backend, bundle, args.score, args.score_window)
         print(f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes in {result['files']} file(s)")
         if args.json:
             print(json.dumps(result))
@@ -63,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = read_prompt(args)
     sampler = Sampler(SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
     bundle = open_bundle(args.bundle)
-    backend = OnnxBackend(bundle, create_session(bundle, args.threads, args.provider))
+    backend = OnnxBackend(bundle, create_session(bundle, args.threads, args.provider), paging_policy(args, bundle))
     tokenizer = bundle.tokenizer()
 
     def write(piece: str) -> None:

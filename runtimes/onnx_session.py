@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout
+from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 
 from omnicoder.errors import OmniCoderError
 
@@ -67,13 +68,31 @@ def create_session(
 
 
 class OnnxBackend:
-    """Batch-1 decode steps through the graph with IOBinding; the KV stays in onnxruntime's buffers."""
+    """Batch-1 decode steps through the graph with IOBinding.
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+    Without a paging policy the KV stays in onnxruntime's buffers (ContiguousKVCache, no copies). With one,
+    a PagedKVCache decides what each step attends to; prompts are then prefilled in page-sized chunks, and
+    with a window generation may run past the model's context (positions stay absolute).
+    """
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession, paging: PagingPolicy | None = None) -> None:
         self.session = session
-        self.context_length = bundle.model["context_length"]
+        self.model_context = bundle.model["context_length"]
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
-        self.cache = ContiguousKVCache(self.layout, to_device=ort.OrtValue.ortvalue_from_numpy)
+        self.paging = paging
+        if paging is None:
+            self.context_length = self.model_context
+            self.cache = ContiguousKVCache(self.layout, to_device=ort.OrtValue.ortvalue_from_numpy)
+        else:
+            attended = paging.window + (paging.sink_pages + paging.predicted_pages + 1) * paging.page_len
+            if paging.window > 0 and attended > self.model_context:
+                raise OmniCoderError(
+                    f"--window {paging.window} with {paging.sink_pages} sink page(s) of {paging.page_len} tokens "
+                    f"attends up to {attended} tokens, more than the model's context ({self.model_context}); "
+                    "lower --window"
+                )
+            self.context_length = self.model_context if paging.window <= 0 else 2**62
+            self.cache = PagedKVCache(self.layout, paging)
         self.output_names = [o.name for o in session.get_outputs()]
         self._present_to_past = dict(zip(self.layout.outputs, self.layout.inputs, strict=True))
 
@@ -103,8 +122,11 @@ class OnnxBackend:
         return {"logits": values["logits"].numpy(), "presents": presents}
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
-        result = self.run(np.array([ids]), np.array([positions]), self.cache.feeds())
-        self.cache.update(result["presents"], len(ids))
+        chunk = len(ids) if self.paging is None else self.paging.page_len
+        for start in range(0, len(ids), chunk):
+            part, where = ids[start : start + chunk], positions[start : start + chunk]
+            result = self.run(np.array([part]), np.array([where]), self.cache.feeds())
+            self.cache.update(result["presents"], len(part))
         return result["logits"][0, -1]
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,231 @@
+"""A paged KV cache with windowing and spill to a memory-mapped file. Torch-free (numpy).
+
+The cache holds every token's KV rows in pages of `page_len` tokens (all layers of a token range in one page).
+Each step it materializes only what the model should attend to: the first `sink_pages` pages, the pages of the
+last `window` tokens, and up to `predicted_pages` more chosen by `select` (e.g. Quest-style scores of the current
+query against each page's key summary). Positions stay absolute: the runner passes each token's true position,
+so dropping pages from the attended set never shifts RoPE.
+
+Pages beyond `ram_budget_bytes` spill to a memory-mapped file (oldest evictable first: never sinks or the
+window) and come back bit-identical when selected.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omnicoder.runtimes.kv_cache import KVLayout
+
+from omnicoder.errors import OmniCoderError
+
+
+@dataclass
+class PagingPolicy:
+    page_len: int = 64
+    window: int = 0  # tokens of recent context always attended; 0 = everything (no eviction)
+    sink_pages: int = 1
+    predicted_pages: int = 0
+    ram_budget_bytes: int = 0  # resident KV bytes before pages spill; 0 = never spill
+
+    def validate(self) -> PagingPolicy:
+        for name in ("page_len", "window", "sink_pages", "predicted_pages", "ram_budget_bytes"):
+            if getattr(self, name) < 0 or (name == "page_len" and self.page_len == 0):
+                raise OmniCoderError(f"paging: {name.replace('_', '-')} must be >= 0 (page-len > 0)")
+        return self
+
+
+@dataclass
+class Page:
+    start: int  # position index (in cache order) of the first token
+    filled: int = 0
+    arrays: dict[str, np.ndarray] | None = None  # resident rows by KV input name: [heads, page_len, width]
+    slot: int = -1  # spill-file slot when spilled
+    summary_min: dict[str, np.ndarray] = field(default_factory=dict)  # per-channel min of the keys
+    summary_max: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class SpillFile:
+    """Fixed-size page slots in a memory-mapped temporary file."""
+
+    def __init__(self, page_bytes: int, directory: str | None = None) -> None:
+        self.page_bytes = page_bytes
+        # lives as long as the cache (closed in close()), so no context manager
+        self._file = tempfile.NamedTemporaryFile(prefix="omnicoder-kv-", suffix=".spill", dir=directory)  # noqa: SIM115
+        self._map: np.memmap | None = None
+        self.slots = 0
+        self._used = 0
+        self._free: list[int] = []
+
+    def _ensure(self, slots: int) -> None:
+        if slots <= self.slots:
+            return
+        capacity = max(slots, 2 * self.slots, 4)
+        self._file.truncate(capacity * self.page_bytes)
+        self._map = np.memmap(self._file.name, dtype=np.uint8, mode="r+", shape=(capacity * self.page_bytes,))
+        self.slots = capacity
+
+    def write(self, data: bytes) -> int:
+        slot = self._free.pop() if self._free else self._next_slot()
+        self._map[slot * self.page_bytes : slot * self.page_bytes + len(data)] = np.frombuffer(data, np.uint8)
+        return slot
+
+    def _next_slot(self) -> int:
+        self._ensure(self._used + 1)
+        self._used += 1
+        return self._used - 1
+
+    def read(self, slot: int, size: int) -> bytes:
+        return bytes(self._map[slot * self.page_bytes : slot * self.page_bytes + size])
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def close(self) -> None:
+        self._map = None
+        self._file.close()
+
+
+class PagedKVCache:
+    """KV pages behind the runtime's KV-cache interface (`feeds` / `update` / `length` / `reset` / `nbytes`)."""
+
+    def __init__(
+        self,
+        layout: KVLayout,
+        policy: PagingPolicy,
+        select: Callable[[PagedKVCache, list[int]], list[int]] | None = None,
+        spill_dir: str | Path | None = None,
+    ) -> None:
+        self.layout, self.policy = layout, policy.validate()
+        self.select = select
+        self._spill_dir = str(spill_dir) if spill_dir else None
+        widths = dict(zip(layout.inputs, layout.widths, strict=True))
+        self._shapes = {name: (layout.heads, policy.page_len, w) for name, w in widths.items()}
+        self.page_bytes = sum(4 * math.prod(s) for s in self._shapes.values())
+        self.spill: SpillFile | None = None
+        self.reset()
+
+    # -- interface -------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        if getattr(self, "spill", None) is not None:
+            self.spill.close()
+        self.spill = None
+        self.pages: list[Page] = []
+        self._length = 0
+        self.attended: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The attended tokens' KV rows, [1, heads, n, width] per input, in cache order."""
+        self.attended = self.attended_pages()
+        out = {}
+        for name in self.layout.inputs:
+            parts = [self._page_arrays(i)[name][:, : self.pages[i].filled] for i in self.attended]
+            heads, _, width = self._shapes[name]
+            out[name] = (np.concatenate(parts, axis=1) if parts else np.zeros((heads, 0, width), np.float32))[None]
+        return out
+
+    def update(self, presents: dict, new_tokens: int) -> None:
+        """Append the last `new_tokens` rows of each present tensor (the graph returns attended + new)."""
+        arrays = {name: _as_numpy(value)[0, :, -new_tokens:] for name, value in presents.items()}
+        done = 0
+        while done < new_tokens:
+            if not self.pages or self.pages[-1].filled == self.policy.page_len:
+                self.pages.append(Page(start=self._length, arrays=self._empty_page()))
+            page = self.pages[-1]
+            take = min(self.policy.page_len - page.filled, new_tokens - done)
+            for name, rows in arrays.items():
+                self._page_arrays(len(self.pages) - 1)[name][:, page.filled : page.filled + take] = rows[
+                    :, done : done + take
+                ]
+            page.filled += take
+            done += take
+            self._length += take
+            self._summarize(page)
+        self._enforce_budget()
+
+    def nbytes(self) -> int:
+        """Resident KV bytes (pages in RAM, not spilled)."""
+        return sum(self.page_bytes for p in self.pages if p.arrays is not None)
+
+    # -- selection -------------------------------------------------------------------------------------
+    def window_pages(self) -> list[int]:
+        if self.policy.window <= 0:
+            return list(range(len(self.pages)))
+        first = max(0, self._length - self.policy.window)
+        return [i for i, p in enumerate(self.pages) if p.start + p.filled > first]
+
+    def attended_pages(self) -> list[int]:
+        keep = set(range(min(self.policy.sink_pages, len(self.pages)))) | set(self.window_pages())
+        if self.select is not None and self.policy.predicted_pages > 0:
+            candidates = [i for i in range(len(self.pages)) if i not in keep]
+            keep |= set(self.select(self, candidates)[: self.policy.predicted_pages])
+        return sorted(keep)
+
+    def quest_scores(self, query: dict[str, np.ndarray], candidates: list[int]) -> list[int]:
+        """Quest (Tang et al. 2024): rank pages by an upper bound of q·k from per-channel key min/max.
+
+        `query` maps KV input names to [heads_q, key_dim] query rows of the current step for that layer's keys.
+        """
+        scores = []
+        for i in candidates:
+            page = self.pages[i]
+            total = 0.0
+            for name, q in query.items():
+                lo, hi = page.summary_min[name], page.summary_max[name]  # [heads, width]
+                heads = lo.shape[0]
+                qh = q.reshape(heads, -1, q.shape[-1])  # group query heads onto their KV head
+                total += float(np.maximum(qh * lo[:, None], qh * hi[:, None]).sum(-1).max())
+            scores.append((total, i))
+        return [i for _, i in sorted(scores, reverse=True)]
+
+    # -- storage ---------------------------------------------------------------------------------------
+    def _empty_page(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, np.float32) for name, shape in self._shapes.items()}
+
+    def _page_arrays(self, index: int) -> dict[str, np.ndarray]:
+        page = self.pages[index]
+        if page.arrays is None:  # spilled: bring it back
+            data = self.spill.read(page.slot, self.page_bytes)
+            page.arrays, offset = {}, 0
+            for name, shape in self._shapes.items():
+                size = 4 * math.prod(shape)
+                page.arrays[name] = np.frombuffer(data[offset : offset + size], np.float32).reshape(shape).copy()
+                offset += size
+            self.spill.release(page.slot)
+            page.slot = -1
+        return page.arrays
+
+    def _summarize(self, page: Page) -> None:
+        for key_name in (n for n in self.layout.inputs if n.endswith(".key")):
+            rows = page.arrays[key_name][:, : page.filled]
+            page.summary_min[key_name], page.summary_max[key_name] = rows.min(axis=1), rows.max(axis=1)
+
+    def _enforce_budget(self) -> None:
+        budget = self.policy.ram_budget_bytes
+        if budget <= 0 or self.nbytes() <= budget:
+            return
+        protected = set(range(min(self.policy.sink_pages, len(self.pages)))) | set(self.window_pages())
+        for i, page in enumerate(self.pages):
+            if self.nbytes() <= budget:
+                break
+            if i in protected or page.arrays is None:
+                continue
+            if self.spill is None:
+                self.spill = SpillFile(self.page_bytes, self._spill_dir)
+            page.slot = self.spill.write(b"".join(page.arrays[n].tobytes() for n in self._shapes))
+            page.arrays = None
+
+    def spilled_pages(self) -> int:
+        return sum(1 for p in self.pages if p.arrays is None)
+
+
+def _as_numpy(value) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
