@@ -1,0 +1,228 @@
+"""KV-cache arithmetic from a bundle's paging sidecar (model.kv_paging.json): bytes per token, per page, at a
+context, and the paged settings that fit a RAM budget. Torch-free; shared by kv_budget_enforce and
+mobile_budget_check. See docs/kv_budget.md.
+
+MB means MiB (1,048,576 bytes) everywhere, as in the runners' peak-RSS figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from omnicoder.errors import OmniCoderError
+
+MB = 1 << 20
+KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
+ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "u8": 1.0, "nf4": 0.5}
+# Assumed quantized-KV layout until the KV quantization export writes `bytes_per_token_per_layer` exactly: each
+# cached row is cut into groups of QUANT_GROUP values; a u8 group carries one fp16 scale + one fp16 zero point
+# (4 bytes, asymmetric), an nf4 group one fp16 absmax scale (2 bytes, symmetric codebook). Rows are rounded up
+# to whole bytes (nf4 packs two values per byte).
+QUANT_GROUP = 32
+GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}
+# similarity-fetched pages per step. 0 until the exported graph outputs each step's queries, which the runner's
+# Quest-style page selection needs (runtimes/kv_paging.py has the scoring); then 4: more rarely pays for the RAM
+# they take from the window.
+MAX_PREDICTED_PAGES = 0
+
+
+def row_bytes(width: int, kv_dtype: str) -> int:
+    """Bytes of one cached row of `width` values in `kv_dtype`, group scales included."""
+    if width <= 0:
+        return 0
+    groups = math.ceil(width / QUANT_GROUP) if GROUP_OVERHEAD_BYTES[kv_dtype] else 0
+    return math.ceil(width * ELEMENT_BYTES[kv_dtype]) + groups * GROUP_OVERHEAD_BYTES[kv_dtype]
+
+
+def _per_layer(sidecar: dict, scalar: str, listed: str) -> list[int]:
+    n_layers = sidecar["n_layers"]
+    if listed in sidecar:
+        values = list(sidecar[listed])
+        if len(values) != n_layers:
+            raise OmniCoderError(
+                f"the paging sidecar's {listed} has {len(values)} entries for {n_layers} layers; re-export the bundle"
+            )
+        return values
+    return [sidecar[scalar]] * n_layers
+
+
+def layer_widths(sidecar: dict) -> list[tuple[int, int, int]]:
+    """(heads, key width, value width) per layer.
+
+    `key_dim`/`value_dim` are single widths, used as given when every layer has the same `dl`; with
+    `dl_per_layer` a layer's key is `dl + rope_dim` and its value `dl`. `value_dim` 0 (MLA: the values are the
+    key's latent columns) always means no value row.
+    """
+    heads = _per_layer(sidecar, "heads", "heads_per_layer")
+    dls = _per_layer(sidecar, "dl", "dl_per_layer")
+    uniform = "dl_per_layer" not in sidecar
+    rope = sidecar.get("rope_dim", 0)
+    widths = []
+    for h, dl in zip(heads, dls, strict=True):
+        key = sidecar["key_dim"] if uniform and "key_dim" in sidecar else dl + rope
+        if sidecar.get("value_dim") == 0:
+            value = 0
+        else:
+            value = sidecar["value_dim"] if uniform and "value_dim" in sidecar else dl
+        widths.append((h, key, value))
+    return widths
+
+
+def bytes_per_token_per_layer(sidecar: dict, kv_dtype: str | None = None) -> list[float]:
+    """KV bytes one token takes in each layer: the sidecar's `bytes_per_token_per_layer` when it describes the
+    dtype asked for (default: the sidecar's `kv_dtype`), else computed from the widths."""
+    own = sidecar.get("kv_dtype", "fp32")
+    dtype = kv_dtype or own
+    if dtype not in ELEMENT_BYTES:
+        raise OmniCoderError(f"unknown KV dtype {dtype!r}; choose one of {', '.join(KV_DTYPES)}")
+    if dtype == own and "bytes_per_token_per_layer" in sidecar:
+        return [float(sidecar["bytes_per_token_per_layer"])] * sidecar["n_layers"]
+    return [float(h * (row_bytes(k, dtype) + row_bytes(v, dtype))) for h, k, v in layer_widths(sidecar)]
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """A bundle's KV cache in pages, for one KV dtype."""
+
+    kv_dtype: str
+    page_len: int
+    n_layers: int
+    bytes_per_token: float  # all layers
+    page_bytes: int
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None) -> KVLayout:
+        per_layer = bytes_per_token_per_layer(sidecar, kv_dtype)
+        per_token = sum(per_layer)
+        page_len = sidecar["page_len"]
+        return cls(
+            kv_dtype or sidecar.get("kv_dtype", "fp32"),
+            page_len,
+            len(per_layer),
+            per_token,
+            math.ceil(page_len * per_token),
+        )
+
+    def pages(self, context: int) -> int:
+        return math.ceil(context / self.page_len)
+
+    def bytes_at(self, context: int) -> int:
+        """KV bytes a paged cache holds for `context` tokens (whole pages)."""
+        return self.pages(context) * self.page_bytes
+
+    def max_context(self, budget_bytes: float) -> int:
+        """The longest context (whole pages) whose KV fits in `budget_bytes`."""
+        return max(0, int(budget_bytes // self.page_bytes)) * self.page_len if self.page_bytes else 0
+
+
+@dataclass(frozen=True)
+class PagingPlan:
+    """Settings for the paging runner, and what they cost."""
+
+    context: int
+    budget_bytes: int
+    fits_whole: bool  # the whole context stays resident: no eviction, nothing spilled
+    window: int
+    sink_pages: int
+    predicted_pages: int
+    resident_pages: int
+    resident_bytes: int
+    total_bytes: int
+    spill_bytes: int
+
+    def runner_flags(self, budget_mb: float) -> str:
+        """Flags for onnx_decode_generate.py; empty when the whole context stays resident (no paging needed)."""
+        if self.fits_whole:
+            return ""
+        predicted = f" --predicted-pages {self.predicted_pages}" if self.predicted_pages else ""
+        return f"--window {self.window} --sink-pages {self.sink_pages}{predicted} --kv-ram-budget-mb {budget_mb:g}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MIN_PAGED_PAGES = 3  # 1 sink page + 1 window page + 1 partially filled tail page
+
+
+def plan_paging(
+    layout: KVLayout, context: int, budget_bytes: int, model_context: int | None = None
+) -> PagingPlan | None:
+    """The largest window (with 1 sink page and up to MAX_PREDICTED_PAGES predicted pages) whose resident KV
+    fits `budget_bytes`, where the attended pages (sink + window + predicted + 1 tail) also stay within the
+    model's context; None when not even the minimum (1 sink + 1 window + tail page) fits. The whole context is
+    kept, with no paging, when it fits the budget and the model's context."""
+    total = layout.bytes_at(context)
+    limit = model_context or context
+    if total <= budget_bytes and context <= limit:
+        pages = layout.pages(context)
+        return PagingPlan(context, budget_bytes, True, context, 0, 0, pages, total, total, 0)
+    budget_pages = min(budget_bytes // layout.page_bytes, layout.pages(context))
+    attendable_pages = limit // layout.page_len
+    if budget_pages < MIN_PAGED_PAGES or attendable_pages < MIN_PAGED_PAGES:
+        return None
+    free = min(budget_pages, attendable_pages) - 2  # after the sink page and the tail page
+    predicted = min(MAX_PREDICTED_PAGES, (free - 1) // 2)  # the window always gets more pages than prediction
+    window_pages = free - predicted
+    resident = min(budget_pages * layout.page_bytes, total)
+    return PagingPlan(
+        context,
+        budget_bytes,
+        False,
+        window_pages * layout.page_len,
+        1,
+        predicted,
+        budget_pages,
+        resident,
+        total,
+        total - resident,
+    )
+
+
+def min_paged_bytes(layout: KVLayout) -> int:
+    return MIN_PAGED_PAGES * layout.page_bytes
+
+
+def mb(n_bytes: float) -> str:
+    """Bytes as MB (MiB), three significant digits (more for tiny models' KiB-sized pages)."""
+    value = abs(n_bytes) / MB
+    sign = "-" if n_bytes < 0 else ""
+    if value == 0 or value >= 100:
+        return f"{sign}{value:.0f}"
+    return f"{sign}{value:.{max(1, 2 - math.floor(math.log10(value)))}f}"
+
+
+def mb_at_least(n_bytes: float) -> float:
+    """Bytes as MB rounded up to three significant digits: a budget that is sure to hold them."""
+    value = n_bytes / MB
+    if value <= 0:
+        return 0.0
+    scale = 10 ** max(0, 2 - math.floor(math.log10(value)))
+    return math.ceil(value * scale - 1e-9) / scale
+
+
+def paging_sidecar_of(bundle) -> dict:
+    """The bundle's validated model.kv_paging.json, or a one-line error asking for a re-export."""
+    sidecar = bundle.sidecar("kv_paging")
+    if sidecar is None:
+        raise OmniCoderError(f"bundle {bundle.path} has no kv_paging sidecar; re-export it with omnicoder-export")
+    return sidecar
+
+
+def context_of(bundle, sidecar: dict, requested: int | None) -> int:
+    """--context, or the model's context length; must be a positive token count."""
+    context = requested if requested is not None else bundle.model.get("context_length") or sidecar["context_length"]
+    if context < 1:
+        raise OmniCoderError(f"--context must be a positive number of tokens, got {context}")
+    return context
+
+
+def weights_bytes(manifest: dict) -> int:
+    """Bytes of the model files in the manifest's file list: the graph file and its external data
+    (model.onnx.data, ...), not the tokenizer, sidecars or anything else in the bundle."""
+    graph = manifest["graph"]["file"]
+    return sum(
+        e["bytes"]
+        for name, e in manifest["files"].items()
+        if name == graph or name.startswith((graph + ".", graph + "/"))
+    )
