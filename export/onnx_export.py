@@ -167,7 +167,10 @@ def _metadata_props(config: OmniCoderConfig, options: OnnxExportOptions) -> dict
 def export_onnx_bundle(
     model, tokenizer_json: str, out: str | Path, options: OnnxExportOptions, command: str = ""
 ) -> dict:
-    """Export `model` (an OmniCoder in fp32) into a bundle at `out`; returns the manifest."""
+    """Export `model` (an OmniCoder in fp32) into a bundle at `out`; returns the manifest.
+
+    int4/int8 swap the model's linear layers for QuantLinear in place: pass a copy to keep the float model.
+    """
     import torch
 
     from omnicoder.quant import quantize_linears
