@@ -31,6 +31,10 @@ def build_parser() -> ArgumentParser:
         help="qdq: DequantizeLinear(int4)+MatMul (ORT fuses it to MatMulNBits); matmulnbits: emit it directly",
     )
     p.add_argument("--page-len", type=int, default=64, help="tokens per KV page in the paging sidecar")
+    p.add_argument(
+        "--context", type=int, default=0, help="export a long-context variant (e.g. 32768, 131072) with RoPE scaling"
+    )
+    p.add_argument("--rope-scaling", default="yarn", choices=("yarn", "linear"), help="scaling for --context")
     return p
 
 
@@ -44,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     from omnicoder.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model)
+    if args.context:
+        from omnicoder.long_context import extend_context
+
+        model = extend_context(model, args.context, args.rope_scaling)
     options = OnnxExportOptions(
         weights=args.weights,
         int4_format=args.int4_format,
