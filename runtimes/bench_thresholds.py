@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from omnicoder.runtimes import profile_files
 from omnicoder.runtimes.bench_result import Check, ProviderResult
 from omnicoder.runtimes.bench_timing import BenchSettings
 from omnicoder.runtimes.bundle import validate
@@ -32,20 +33,11 @@ SPEEDS = (("decode", "min_decode_tok_s", "decode_tok_s"), ("prefill", "min_prefi
 
 
 def default_path() -> Path:
-    """./profiles/provider_thresholds.json, else the one in the source checkout next to runtimes/."""
-    here = Path("profiles") / FILE_NAME
-    return here if here.is_file() else Path(__file__).resolve().parents[1] / "profiles" / FILE_NAME
+    return profile_files.default_path(FILE_NAME)
 
 
 def load(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OmniCoderError(f"thresholds file {path} does not exist; pass --thresholds FILE") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OmniCoderError(f"cannot read thresholds file {path}: {exc}") from None
-    validate(document, SCHEMA, str(path))
-    return document
+    return profile_files.load_profile_file(path, SCHEMA, "--thresholds")
 
 
 def save(path: Path, document: dict) -> None:

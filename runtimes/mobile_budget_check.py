@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from omnicoder.runtimes import profile_files
 from omnicoder.runtimes.kv_budget import (
     KV_DTYPES,
     MB,
@@ -33,22 +34,11 @@ SCHEMA = "devices.schema.json"
 
 
 def default_path() -> Path:
-    """./profiles/devices.json, else the one in the source checkout next to runtimes/."""
-    here = Path("profiles") / FILE_NAME
-    return here if here.is_file() else Path(__file__).resolve().parents[1] / "profiles" / FILE_NAME
+    return profile_files.default_path(FILE_NAME)
 
 
 def load_devices(path: Path) -> dict:
-    from omnicoder.runtimes.bundle import validate
-
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OmniCoderError(f"devices file {path} does not exist; pass --devices FILE") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OmniCoderError(f"cannot read devices file {path}: {exc}") from None
-    validate(document, SCHEMA, str(path))
-    return document
+    return profile_files.load_profile_file(path, SCHEMA, "--devices")
 
 
 def device_of(document: dict, name: str) -> dict:
