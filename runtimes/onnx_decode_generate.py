@@ -27,18 +27,27 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="print stats (or the score) as JSON on the last line")
     kv = p.add_argument_group("KV paging (see docs/bundle.md)")
     kv.add_argument("--window", type=int, default=None, help="tokens of recent context attended (enables paging)")
-    kv.add_argument("--sink-pages", type=int, default=1, help="pages at the start always attended")
+    kv.add_argument(
+        "--sink-pages",
+        type=int,
+        default=0,
+        help="pages at the start always attended (StreamingLLM sinks; 0 suits omnicoder-tiny)",
+    )
     kv.add_argument("--kv-ram-budget-mb", type=float, default=0, help="resident KV before pages spill to disk")
     kv.add_argument("--page-len", type=int, default=0, help="tokens per page (default: the bundle's sidecar)")
     return p
 
 
 def score(backend, bundle, files: list[str], window: int) -> dict:
-    from omnicoder.runtimes.scoring import bits_per_byte, read_files
+    from omnicoder.runtimes.scoring import bits_per_byte, read_files, streaming_bits_per_byte
 
     if bundle.manifest["tokenizer"]["type"] != "omnicoder-byte":
         raise OmniCoderError("--score measures bits per byte and needs a byte-level model bundle")
     docs = read_files(files, "--score")
+    if backend.paging is not None:  # score each file as one sequence through the paged, windowed cache
+        result = streaming_bits_per_byte(backend, docs, bundle.model["bos_id"], progress=True)
+        result["files"] = len(docs)
+        return result
     context = bundle.model["context_length"]
     if window > context:
         raise OmniCoderError(f"--score-window {window} exceeds the bundle's context {context}")
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.score:
         bundle = open_bundle(args.bundle)
-        backend = OnnxBackend(bundle, create_session(bundle, args.threads, args.provider))
+        backend = OnnxBackend(bundle, create_session(bundle, args.threads, args.provider), paging_policy(args, bundle))
         result = score(backend, bundle, args.score, args.score_window)
         print(f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes in {result['files']} file(s)")
         if args.json:

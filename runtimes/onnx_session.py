@@ -122,12 +122,18 @@ class OnnxBackend:
         return {"logits": values["logits"].numpy(), "presents": presents}
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        return self.step_all(ids, positions)[-1]
+
+    def step_all(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """Like step, but the logits of every one of the tokens [T, V] (teacher forcing through the cache)."""
         chunk = len(ids) if self.paging is None else self.paging.page_len
+        logits = []
         for start in range(0, len(ids), chunk):
             part, where = ids[start : start + chunk], positions[start : start + chunk]
             result = self.run(np.array([part]), np.array([where]), self.cache.feeds())
             self.cache.update(result["presents"], len(part))
-        return result["logits"][0, -1]
+            logits.append(result["logits"][0])
+        return np.concatenate(logits) if len(logits) > 1 else logits[0]
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for whole windows [B, W] from an empty cache (teacher forcing)."""

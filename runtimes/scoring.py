@@ -84,3 +84,17 @@ def bits_per_byte(
         bar.update(len(chunk))
     bar.close()
     return {"bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1), "bytes": total_bytes}
+
+
+def streaming_bits_per_byte(backend, docs: list[bytes], bos_id: int, progress: bool = False) -> dict[str, float]:
+    """Bits per byte with each document fed as ONE sequence through the backend's own KV cache (e.g. a paged
+    cache with a window), so long files are scored the way a windowed runtime would see them."""
+    total_nats, total_bytes = 0.0, 0
+    for doc in tqdm(docs, desc="scoring", unit="doc", disable=not progress):
+        tokens = [bos_id, *doc]
+        backend.reset()
+        logp = log_softmax(backend.step_all(tokens[:-1], list(range(len(tokens) - 1))))
+        targets = np.asarray(tokens[1:])
+        total_nats -= float(logp[np.arange(len(targets)), targets].sum())
+        total_bytes += len(targets)
+    return {"bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1), "bytes": total_bytes}
