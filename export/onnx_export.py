@@ -76,6 +76,7 @@ def kv_contract(config: OmniCoderConfig) -> dict:
         "past_value": "past_key_values.{layer}.value" if has_values else None,
         "present_key": "present.{layer}.key",
         "present_value": "present.{layer}.value" if has_values else None,
+        "query": "query.{layer}",
     }
 
 
@@ -131,6 +132,8 @@ def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig) -> None:
     for value in model.graph.output:
         if value.name in present_out:
             rename(value, ["batch", None, "total_sequence", None])
+        elif value.name.startswith("query."):
+            rename(value, ["batch", None, "sequence", None])
         else:
             rename(value, ["batch", "sequence"])
 

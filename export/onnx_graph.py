@@ -3,7 +3,9 @@
 Inputs:  input_ids int64 [batch, sequence], position_ids int64 [batch, sequence] (absolute positions),
          past_key_values.{i}.key / .value float [batch, kv_heads, past_sequence, width] (BNSH).
 Outputs: logits [batch, sequence, vocab], present.{i}.key / .value [batch, kv_heads, total_sequence, width],
-         mtp_logits [batch, sequence, n_mtp, vocab] and retention [batch, sequence, 3] when the model has them.
+         mtp_logits [batch, sequence, n_mtp, vocab] and retention [batch, sequence, 3] when the model has them,
+         query.{i} [batch, n_heads, sequence, key width]: each layer's queries against the cached key rows (a
+         paging runtime scores KV pages with them).
 
 MLA models cache one latent row per token ([latent | RoPE key], one "head"), so they have key slots only
 (no .value inputs or outputs). The fused-op boundaries of `omnicoder.ops` are translated here:
@@ -42,7 +44,11 @@ def output_names(config: OmniCoderConfig) -> list[str]:
         names.append("mtp_logits")
     if config.retention_head:
         names.append("retention")
-    return names + kv_names(config)[1]
+    return names + kv_names(config)[1] + query_names(config)
+
+
+def query_names(config: OmniCoderConfig) -> list[str]:
+    return [f"query.{i}" for i in range(config.n_layers)]
 
 
 class DecodeStep(nn.Module):
@@ -68,6 +74,7 @@ class DecodeStep(nn.Module):
             results.append(key)
             if self.has_values:
                 results.append(value)
+        results.extend(out.queries)
         return tuple(results)
 
 

@@ -1,8 +1,9 @@
 """The two attention kinds behind one interface.
 
 Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's past
-cache entry (key, value) in BNSH layout, and return (output [B, T, d], the new entry for the T tokens,
-the present entry for past + new tokens as the fused attention op produced it).
+cache entry (key, value) in BNSH layout, and return an `AttentionResult`: the output [B, T, d], the new entry
+for the T tokens, the present entry for past + new tokens as the fused attention op produced it, and the
+queries in the cached keys' space (what a runtime scores KV pages with, Quest-style).
 
 - GQA caches key [B, n_kv_heads, T, head_dim] and value of the same shape.
 - MLA caches one row per token: key = [latent (kv_latent_dim) | rotated RoPE key (rope_head_dim)] as
@@ -13,6 +14,7 @@ the present entry for past + new tokens as the fused attention op produced it).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +26,13 @@ from omnicoder.rope import apply_rope
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+class AttentionResult(NamedTuple):
+    out: torch.Tensor  # [B, T, d]
+    new: LayerKV  # the T new tokens' cache entries
+    present: LayerKV  # past + new entries
+    query: torch.Tensor  # [B, Hq, T, key width]: queries against the cached key rows
 
 
 class GroupedQueryAttention(nn.Module):
@@ -39,7 +48,7 @@ class GroupedQueryAttention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> AttentionResult:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -50,7 +59,7 @@ class GroupedQueryAttention(nn.Module):
         past_k, past_v = (None, None) if past is None else past
         scale = 1.0 / math.sqrt(self.head_dim)
         out, keys, values = ops.cached_attention(q, k, v, past_k, past_v, scale, self.window)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values)
+        return AttentionResult(self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values), q)
 
 
 class LatentAttention(nn.Module):
@@ -78,7 +87,7 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
         self.scale = 1.0 / math.sqrt(c.head_dim + c.rope_head_dim)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
+    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> AttentionResult:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split((self.head_dim, self.rope_dim), dim=-1)
@@ -87,19 +96,20 @@ class LatentAttention(nn.Module):
         k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
         row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
         past_rows = None if past is None else past[0]
+        query = torch.cat((torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up), q_rope), dim=-1)
         if self.absorbed:
-            out, rows = self._absorbed(q_nope, q_rope, row, past_rows)
+            out, rows = self._absorbed(query, row, past_rows)
         else:
             rows = ops.kv_update(past_rows, row)
             out = self._naive(q_nope, q_rope, rows)
         empty = row[..., :0]
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (row, empty), (rows, rows[..., :0])
+        out = self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return AttentionResult(out, (row, empty), (rows, rows[..., :0]), query)
 
     def _absorbed(
-        self, q_nope: torch.Tensor, q_rope: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor | None
+        self, query: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up)
-        query = torch.cat((q_latent, q_rope), dim=-1)
+        """query = [W_uk-absorbed query | rotated RoPE query], attending over the latent rows."""
         ctx_latent, rows = ops.latent_attention(query, row, past_rows, self.latent_dim, self.scale, self.window)
         return torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up), rows
 

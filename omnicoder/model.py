@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnicoder.attention import LayerKV, make_attention
+from omnicoder.attention import AttentionResult, LayerKV, make_attention
 from omnicoder.config import OmniCoderConfig
 from omnicoder.layers import RMSNorm, SwiGLU
 from omnicoder.rope import RotaryEmbedding
@@ -29,6 +29,7 @@ class DecoderOutput:
     mtp_logits: torch.Tensor | None = None  # [B, T, n_mtp, V]: tokens t+2 .. t+1+n_mtp
     retention: torch.Tensor | None = None  # [B, T, 3]: keep / compress / drop logits
     hidden: torch.Tensor | None = None  # [B, T, d]: final hidden state (before the final norm)
+    queries: list[torch.Tensor] | None = None  # per layer [B, Hq, T, key width]: queries vs the cached keys
 
 
 class Block(nn.Module):
@@ -39,10 +40,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rotary, past: LayerKV | None) -> tuple[torch.Tensor, LayerKV, LayerKV]:
-        attn_out, new_kv, present_kv = self.attn(self.attn_norm(x), rotary, past)
-        x = x + attn_out
-        return x + self.mlp(self.mlp_norm(x)), new_kv, present_kv
+    def forward(self, x: torch.Tensor, rotary, past: LayerKV | None) -> tuple[torch.Tensor, AttentionResult]:
+        attn = self.attn(self.attn_norm(x), rotary, past)
+        x = x + attn.out
+        return x + self.mlp(self.mlp_norm(x)), attn
 
 
 class MTPHead(nn.Module):
@@ -100,14 +101,18 @@ class OmniCoder(nn.Module):
     ) -> DecoderOutput:
         x = self.embed(input_ids)
         rotary = self.rotary(positions)
-        new_kv: list[LayerKV] = []
-        present_kv: list[LayerKV] = []
+        results: list[AttentionResult] = []
         for i, layer in enumerate(self.layers):
-            x, new, present = layer(x, rotary, None if past is None else past[i])
-            new_kv.append(new)
-            present_kv.append(present)
+            x, attn = layer(x, rotary, None if past is None else past[i])
+            results.append(attn)
         logits = self.lm_head(self.norm(x))
-        out = DecoderOutput(logits=logits, new_kv=new_kv, present_kv=present_kv, hidden=x)
+        out = DecoderOutput(
+            logits=logits,
+            new_kv=[r.new for r in results],
+            present_kv=[r.present for r in results],
+            hidden=x,
+            queries=[r.query for r in results],
+        )
         if heads and len(self.mtp_heads):
             out.mtp_logits = torch.stack([self.lm_head(self.norm(m(x))) for m in self.mtp_heads], dim=2)
         if heads and self.retention_head is not None:

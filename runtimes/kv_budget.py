@@ -21,9 +21,9 @@ ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "u8": 1.0, "nf4": 0.5}
 # to whole bytes (nf4 packs two values per byte).
 QUANT_GROUP = 32
 GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}
-# similarity-fetched pages per step. 0 until the exported graph outputs each step's queries, which the runner's
-# Quest-style page selection needs (runtimes/kv_paging.py has the scoring); then 4: more rarely pays for the RAM
-# they take from the window.
+# similarity-fetched pages per step (the runner's --predicted-pages, scored with the graph's query outputs). 0: on
+# omnicoder-tiny they cost quality (a fetched page sits at a RoPE distance past the trained context; measured in
+# docs/benchmarks.md). Raise it (4 is typical) for models trained on long contexts.
 MAX_PREDICTED_PAGES = 0
 
 

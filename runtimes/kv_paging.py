@@ -28,7 +28,7 @@ from omnicoder.errors import OmniCoderError
 class PagingPolicy:
     page_len: int = 64
     window: int = 0  # tokens of recent context always attended; 0 = everything (no eviction)
-    sink_pages: int = 1
+    sink_pages: int = 0  # StreamingLLM sinks; omnicoder-tiny is better without (docs/benchmarks.md)
     predicted_pages: int = 0
     ram_budget_bytes: int = 0  # resident KV bytes before pages spill; 0 = never spill
 

@@ -33,6 +33,12 @@ def build_parser() -> ArgumentParser:
         default=0,
         help="pages at the start always attended (StreamingLLM sinks; 0 suits omnicoder-tiny)",
     )
+    kv.add_argument(
+        "--predicted-pages",
+        type=int,
+        default=0,
+        help="extra pages attended per step, chosen by the last query against page key summaries",
+    )
     kv.add_argument("--kv-ram-budget-mb", type=float, default=0, help="resident KV before pages spill to disk")
     kv.add_argument("--page-len", type=int, default=0, help="tokens per page (default: the bundle's sidecar)")
     return p
@@ -69,6 +75,7 @@ def paging_policy(args, bundle):
         page_len=page_len,
         window=args.window or 0,
         sink_pages=args.sink_pages,
+        predicted_pages=args.predicted_pages,
         ram_budget_bytes=int(args.kv_ram_budget_mb * 2**20),
     ).validate()
 

@@ -92,12 +92,27 @@ class OnnxBackend:
                     "lower --window"
                 )
             self.context_length = self.model_context if paging.window <= 0 else 2**62
-            self.cache = PagedKVCache(self.layout, paging)
+            self.cache = PagedKVCache(self.layout, paging, select=self._select_pages)
+        kv = bundle.graph["kv"]
+        self.query_outputs = {}  # graph query output -> the layer's key input it scores against
+        if paging is not None and paging.predicted_pages > 0:
+            if not kv.get("query"):
+                raise OmniCoderError("--predicted-pages needs a bundle whose graph outputs queries; re-export it")
+            keys = [name for name in self.layout.inputs if name.endswith(".key")]
+            self.query_outputs = {kv["query"].format(layer=i): key for i, key in enumerate(keys)}
+        self.last_queries: dict[str, np.ndarray] = {}
         self.output_names = [o.name for o in session.get_outputs()]
         self._present_to_past = dict(zip(self.layout.outputs, self.layout.inputs, strict=True))
 
     def reset(self) -> None:
         self.cache.reset()
+        self.last_queries = {}
+
+    def _select_pages(self, cache: PagedKVCache, candidates: list[int]) -> list[int]:
+        """Predicted pages: the previous step's last-token queries scored against each page's key summary."""
+        if not self.last_queries:
+            return []
+        return cache.quest_scores(self.last_queries, candidates)
 
     @property
     def cache_length(self) -> int:
@@ -113,12 +128,14 @@ class OnnxBackend:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        wanted = ["logits", *self.layout.outputs]
+        wanted = ["logits", *self.layout.outputs, *self.query_outputs]
         for name in wanted:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         values = dict(zip(wanted, binding.get_outputs(), strict=True))
         presents = {self._present_to_past[name]: values[name] for name in self.layout.outputs}
+        if self.query_outputs:
+            self.last_queries = {key: values[q].numpy()[0, :, -1] for q, key in self.query_outputs.items()}
         return {"logits": values["logits"].numpy(), "presents": presents}
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:

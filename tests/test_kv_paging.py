@@ -137,3 +137,29 @@ def test_streaming_score_with_every_page_attended_equals_windowed_scorer(bundles
     assert runner.main(["--bundle", path, "--score", str(sample), "--json", "--window", "96", "--page-len", "16"]) == 0
     paged = json.loads(capfd.readouterr().out.strip().splitlines()[-1])["bits_per_byte"]
     assert abs(paged - plain) < 1e-5 * plain
+
+
+@pytest.mark.parametrize("name", ["gqa-fp32", "mla-fp32"])
+def test_predicted_pages_covering_everything_equal_contiguous(bundles, name):
+    """Window of 2 pages + up to 8 predicted pages covers all 9 pages: decode equals contiguous KV exactly."""
+    bundle = open_bundle(bundles[name][2])
+    session = create_session(bundle)
+    contiguous = step_logits(OnnxBackend(bundle, session), TOKENS)
+    paged = OnnxBackend(bundle, session, PagingPolicy(page_len=8, window=16, sink_pages=0, predicted_pages=8))
+    got = step_logits(paged, TOKENS)
+    assert np.array_equal(got[1:], contiguous[1:])
+    assert len(paged.cache.attended) == len(paged.cache.pages)
+
+
+def test_predicted_pages_are_chosen_by_the_graph_queries(bundles):
+    bundle = open_bundle(bundles["gqa-fp32"][2])
+    backend = OnnxBackend(bundle, create_session(bundle), PagingPolicy(page_len=8, window=16, predicted_pages=1))
+    step_logits(backend, TOKENS)
+    c = bundle.model
+    queries = backend.last_queries
+    assert set(queries) == {f"past_key_values.{i}.key" for i in range(c["n_layers"])}
+    assert all(q.shape == (c["n_heads"], c["head_dim"]) for q in queries.values())
+    window = set(backend.cache.window_pages())
+    candidates = [i for i in range(len(backend.cache.pages)) if i not in window]
+    best = backend.cache.quest_scores(queries, candidates)[0]
+    assert backend.cache.attended_pages() == sorted(window | {best})

@@ -134,6 +134,7 @@ def test_parity_with_pytorch(bundles, name):
     last = chunks[-1][0]
     assert np.abs(out["mtp_logits"] - expected.mtp_logits[:, last:].numpy()).max() <= tol
     assert np.abs(out["retention"] - expected.retention[:, last:].numpy()).max() <= tol
+    assert np.abs(out["query.1"] - expected.queries[1][:, :, last:].numpy()).max() <= tol
     assert past["past_key_values.0.key"].shape[2] == 12
 
 
