@@ -106,6 +106,7 @@ class PagedKVCache:
         widths = dict(zip(layout.inputs, layout.widths, strict=True))
         self._shapes = {name: (layout.heads, policy.page_len, w) for name, w in widths.items()}
         self.page_bytes = sum(4 * math.prod(s) for s in self._shapes.values())
+        self._key_names = [n for n in layout.inputs if n.endswith(".key")]
         self.spill: SpillFile | None = None
         self.reset()
 
@@ -141,14 +142,13 @@ class PagedKVCache:
                 self.pages.append(Page(start=self._length, arrays=self._empty_page()))
             page = self.pages[-1]
             take = min(self.policy.page_len - page.filled, new_tokens - done)
+            target = self._page_arrays(len(self.pages) - 1)
             for name, rows in arrays.items():
-                self._page_arrays(len(self.pages) - 1)[name][:, page.filled : page.filled + take] = rows[
-                    :, done : done + take
-                ]
+                target[name][:, page.filled : page.filled + take] = rows[:, done : done + take]
+            self._summarize(page, page.filled, page.filled + take)
             page.filled += take
             done += take
             self._length += take
-            self._summarize(page)
         self._enforce_budget()
 
     def nbytes(self) -> int:
@@ -203,10 +203,14 @@ class PagedKVCache:
             page.slot = -1
         return page.arrays
 
-    def _summarize(self, page: Page) -> None:
-        for key_name in (n for n in self.layout.inputs if n.endswith(".key")):
-            rows = page.arrays[key_name][:, : page.filled]
-            page.summary_min[key_name], page.summary_max[key_name] = rows.min(axis=1), rows.max(axis=1)
+    def _summarize(self, page: Page, start: int, end: int) -> None:
+        """Fold key rows [start, end) of the page into its per-channel min/max (the Quest summary)."""
+        for key_name in self._key_names:
+            rows = page.arrays[key_name][:, start:end]
+            lo, hi = rows.min(axis=1), rows.max(axis=1)
+            if key_name in page.summary_min:
+                lo, hi = np.minimum(lo, page.summary_min[key_name]), np.maximum(hi, page.summary_max[key_name])
+            page.summary_min[key_name], page.summary_max[key_name] = lo, hi
 
     def _enforce_budget(self) -> None:
         budget = self.policy.ram_budget_bytes
