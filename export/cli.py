@@ -1,4 +1,8 @@
-"""`omnicoder-export`: lower a model to a device bundle (ONNX now; Core ML and ExecuTorch join later)."""
+"""`omnicoder-export`: lower a model to a device bundle (ONNX, ExecuTorch or Core ML).
+
+Each target lives in its own module, `omnicoder.export.<target>_export`, imported lazily (their
+toolchains take seconds to import) and exposing `export_from_cli(model, tokenizer, args, command)`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,30 @@ import sys
 from omnicoder.cliutil import ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
 
-TARGETS = ("onnx",)
+# target -> (module, weight modes, KV modes; the first is the default)
+TARGETS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "onnx": ("omnicoder.export.onnx_export", ("int4", "fp32", "fp16", "int8"), ("fp32", "fp16", "u8", "nf4")),
+    "executorch": ("omnicoder.export.executorch_export", ("fp32", "8da4w"), ("buffer", "io")),
+    "coreml": ("omnicoder.export.coreml_export", ("fp16", "int4"), ("state", "stream")),
+}
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-export", description=__doc__)
-    p.add_argument("--target", default="onnx", choices=TARGETS)
+    p.add_argument("--target", default="onnx", choices=tuple(TARGETS))
     p.add_argument("--model", default="default", help="'default' (the embedded model) or a model directory")
-    p.add_argument("--weights", default="int4", choices=("fp32", "fp16", "int4", "int8"))
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="onnx: int4 (default) | fp32 | fp16 | int8; executorch: fp32 (default) | 8da4w; "
+        "coreml: fp16 (default) | int4",
+    )
+    p.add_argument(
+        "--kv",
+        default=None,
+        help="onnx: KV dtype fp32 (default) | fp16 | u8 | nf4; executorch: buffer (default) | io; "
+        "coreml: state (default) | stream",
+    )
     p.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
     p.add_argument("--opset", type=int, default=23)
     p.add_argument(
@@ -35,15 +55,49 @@ def build_parser() -> ArgumentParser:
         "--context", type=int, default=0, help="export a long-context variant (e.g. 32768, 131072) with RoPE scaling"
     )
     p.add_argument("--rope-scaling", default="yarn", choices=("yarn", "linear"), help="scaling for --context")
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=0,
+        help="executorch --kv buffer / coreml --kv state: KV capacity in tokens (default: the model's context)",
+    )
+    p.add_argument("--deployment-target", default="iOS18", choices=("iOS17", "iOS18"), help="coreml only")
     return p
+
+
+def _resolve_modes(args) -> None:
+    """Fill the per-target defaults of --weights/--kv and reject modes the target does not have."""
+    _, weights, kv_modes = TARGETS[args.target]
+    args.weights = args.weights or weights[0]
+    args.kv = args.kv or kv_modes[0]
+    if args.weights not in weights:
+        raise OmniCoderError(
+            f"--weights {args.weights} is not available for --target {args.target}; use one of {', '.join(weights)}"
+        )
+    if args.kv not in kv_modes:
+        raise OmniCoderError(
+            f"--kv {args.kv} is not available for --target {args.target}; use one of {', '.join(kv_modes)}"
+        )
+    if args.page_len <= 0:
+        raise OmniCoderError(f"--page-len must be > 0, got {args.page_len}")
+    if args.max_seq_len < 0:
+        raise OmniCoderError(f"--max-seq-len must be >= 0, got {args.max_seq_len}")
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
     args = build_parser().parse_args(argv)
-    if args.page_len <= 0:
-        raise OmniCoderError(f"--page-len must be > 0, got {args.page_len}")
-    from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
+    _resolve_modes(args)
+    module_name = TARGETS[args.target][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = {"onnx": "onnx", "executorch": "executorch", "coreml": "coreml"}[args.target]
+        raise OmniCoderError(
+            f"--target {args.target} needs {exc.name}; install it with pip install 'omnicoder[{extra}]'"
+        ) from None
 
     from omnicoder.loading import load_model_and_tokenizer
 
@@ -52,20 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         from omnicoder.long_context import extend_context
 
         model = extend_context(model, args.context, args.rope_scaling)
-    options = OnnxExportOptions(
-        weights=args.weights,
-        int4_format=args.int4_format,
-        attention=args.attention,
-        opset=args.opset,
-        page_len=args.page_len,
-    )
     command = "omnicoder-export " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    manifest = export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)
+    manifest = module.export_from_cli(model, tokenizer, args, command)
     size = sum(f["bytes"] for f in manifest["files"].values())
     info = manifest["export"]
     print(
-        f"wrote {args.out}: {size / 1e6:.2f} MB, {args.weights} weights, {manifest['graph']['attention_op']} "
-        f"attention; export took {info['seconds']:.1f} s, peak memory {info['peak_rss_mb']:.0f} MiB"
+        f"wrote {args.out}: {size / 1e6:.2f} MB, {args.target} {args.weights} weights, KV {args.kv}; "
+        f"export took {info['seconds']:.1f} s, peak memory {info['peak_rss_mb']:.0f} MiB"
     )
     return 0
 

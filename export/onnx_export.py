@@ -13,19 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from omnicoder.export.bundle_writer import (
+    DEFAULT_PAGE_LEN,
+    common_manifest,
+    kv_contract,
+    write_common_files,
+)
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
-from omnicoder.runtimes.stats import peak_rss_mb
 from tqdm import tqdm
 
-from omnicoder import __version__
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
-DEFAULT_PAGE_LEN = 64
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
 
 
@@ -37,63 +40,6 @@ class OnnxExportOptions:
     opset: int = 23
     accuracy_level: int = 4
     page_len: int = DEFAULT_PAGE_LEN
-
-
-def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
-    """The manifest's `model` section."""
-    return {
-        "name": config.name,
-        "attention": config.attention,
-        "n_layers": config.n_layers,
-        "n_heads": config.n_heads,
-        "n_kv_heads": config.kv_heads,
-        "head_dim": config.head_dim,
-        "kv_latent_dim": config.kv_latent_dim,
-        "rope_head_dim": config.rope_head_dim,
-        "d_model": config.d_model,
-        "vocab_size": config.vocab_size,
-        "context_length": config.max_seq_len,
-        "parameters": parameters,
-        "rope": {"theta": config.rope_theta, "scaling": config.to_dict()["rope_scaling"]},
-        "bos_id": config.bos_id,
-        "eos_id": config.eos_id,
-        "pad_id": config.pad_id,
-        "n_mtp": config.n_mtp,
-        "retention_head": config.retention_head,
-        "sliding_window": config.sliding_window,
-    }
-
-
-def kv_contract(config: OmniCoderConfig) -> dict:
-    has_values = config.kv_value_dim > 0
-    return {
-        "layout": "BNSH",
-        "kind": "gqa" if config.attention == "gqa" else "mla-latent",
-        "heads": config.kv_heads,
-        "key_dim": config.kv_key_dim,
-        "value_dim": config.kv_value_dim,
-        "past_key": "past_key_values.{layer}.key",
-        "past_value": "past_key_values.{layer}.value" if has_values else None,
-        "present_key": "present.{layer}.key",
-        "present_value": "present.{layer}.value" if has_values else None,
-        "query": "query.{layer}",
-    }
-
-
-def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32") -> dict:
-    bytes_per_float = {"fp32": 4, "fp16": 2}[kv_dtype]
-    return {
-        "page_len": page_len,
-        "n_layers": config.n_layers,
-        "heads": config.kv_heads,
-        "dl": config.kv_latent_dim if config.attention == "mla" else config.head_dim,
-        "rope_dim": config.rope_head_dim if config.attention == "mla" else 0,
-        "key_dim": config.kv_key_dim,
-        "value_dim": config.kv_value_dim,
-        "kv_dtype": kv_dtype,
-        "bytes_per_token_per_layer": config.kv_floats_per_token_per_layer * bytes_per_float,
-        "context_length": config.max_seq_len,
-    }
 
 
 def graph_constraints(options: OnnxExportOptions) -> list[str]:
@@ -207,45 +153,41 @@ def export_onnx_bundle(
         stages.set_postfix_str("write bundle")
         big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
-        (tmp / "tokenizer.json").write_text(tokenizer_json)
-        (tmp / "model.kv_paging.json").write_text(json.dumps(paging_sidecar(config, options.page_len), indent=2))
+        sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len)
         stages.update(1)
         attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
-        manifest = {
-            "created_by": f"omnicoder {__version__}",
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "target": "onnx",
-            "model": model_metadata(config, parameters),
-            "precision": {
-                "weights": options.weights,
-                "int4_format": options.int4_format if options.weights == "int4" else None,
-                "block_size": 32 if options.weights == "int4" else None,
-                "kv": "fp32",
-                "embedding": "fp32",
-                "lm_head": "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32",
-                "quantized_layers": quantized,
-            },
-            "graph": {
-                "file": "model.onnx",
-                "opset": options.opset,
-                "attention_op": attention_op,
-                "inputs": _tensor_specs(proto.graph.input),
-                "outputs": _tensor_specs(proto.graph.output),
-                "kv": kv_contract(config),
-                "constraints": graph_constraints(options),
-            },
-            "tokenizer": {
-                "file": "tokenizer.json",
-                "type": "omnicoder-byte" if config.tokenizer == "byte" else "huggingface",
-            },
-            "sidecars": {"kv_paging": "model.kv_paging.json"},
-            "export": {
-                "command": command,
-                "seconds": round(time.perf_counter() - started, 1),
-                "peak_rss_mb": round(peak_rss_mb(), 1),
-            },
+        precision = {
+            "weights": options.weights,
+            "int4_format": options.int4_format if options.weights == "int4" else None,
+            "block_size": 32 if options.weights == "int4" else None,
+            "kv": "fp32",
+            "embedding": "fp32",
+            "lm_head": "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32",
+            "quantized_layers": quantized,
         }
+        graph = {
+            "file": "model.onnx",
+            "opset": options.opset,
+            "attention_op": attention_op,
+            "inputs": _tensor_specs(proto.graph.input),
+            "outputs": _tensor_specs(proto.graph.output),
+            "kv": kv_contract(config),
+            "constraints": graph_constraints(options),
+        }
+        manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
         manifest = finalize_bundle(tmp, manifest)
         stages.update(1)
     stages.close()
     return manifest
+
+
+def export_from_cli(model, tokenizer, args, command: str) -> dict:
+    """`omnicoder-export --target onnx` (see export/cli.py)."""
+    options = OnnxExportOptions(
+        weights=args.weights,
+        int4_format=args.int4_format,
+        attention=args.attention,
+        opset=args.opset,
+        page_len=args.page_len,
+    )
+    return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)

@@ -1,0 +1,113 @@
+"""What every exporter writes into a bundle: the manifest's model section, the KV contract, the paging
+sidecar, the tokenizer and the export record. Target-specific parts (graph file, precision) stay with
+each exporter; `runtimes.bundle.finalize_bundle` hashes and validates the result."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omnicoder.runtimes.stats import peak_rss_mb
+
+from omnicoder import __version__
+from omnicoder.config import OmniCoderConfig
+
+DEFAULT_PAGE_LEN = 64
+PAGING_SIDECAR = "model.kv_paging.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
+    """The manifest's `model` section."""
+    return {
+        "name": config.name,
+        "attention": config.attention,
+        "n_layers": config.n_layers,
+        "n_heads": config.n_heads,
+        "n_kv_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "kv_latent_dim": config.kv_latent_dim,
+        "rope_head_dim": config.rope_head_dim,
+        "d_model": config.d_model,
+        "vocab_size": config.vocab_size,
+        "context_length": config.max_seq_len,
+        "parameters": parameters,
+        "rope": {"theta": config.rope_theta, "scaling": config.to_dict()["rope_scaling"]},
+        "bos_id": config.bos_id,
+        "eos_id": config.eos_id,
+        "pad_id": config.pad_id,
+        "n_mtp": config.n_mtp,
+        "retention_head": config.retention_head,
+        "sliding_window": config.sliding_window,
+    }
+
+
+def kv_contract(config: OmniCoderConfig) -> dict:
+    has_values = config.kv_value_dim > 0
+    return {
+        "layout": "BNSH",
+        "kind": "gqa" if config.attention == "gqa" else "mla-latent",
+        "heads": config.kv_heads,
+        "key_dim": config.kv_key_dim,
+        "value_dim": config.kv_value_dim,
+        "past_key": "past_key_values.{layer}.key",
+        "past_value": "past_key_values.{layer}.value" if has_values else None,
+        "present_key": "present.{layer}.key",
+        "present_value": "present.{layer}.value" if has_values else None,
+        "query": "query.{layer}",
+    }
+
+
+def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32") -> dict:
+    bytes_per_float = {"fp32": 4, "fp16": 2}[kv_dtype]
+    return {
+        "page_len": page_len,
+        "n_layers": config.n_layers,
+        "heads": config.kv_heads,
+        "dl": config.kv_latent_dim if config.attention == "mla" else config.head_dim,
+        "rope_dim": config.rope_head_dim if config.attention == "mla" else 0,
+        "key_dim": config.kv_key_dim,
+        "value_dim": config.kv_value_dim,
+        "kv_dtype": kv_dtype,
+        "bytes_per_token_per_layer": config.kv_floats_per_token_per_layer * bytes_per_float,
+        "context_length": config.max_seq_len,
+    }
+
+
+def write_common_files(directory: Path, tokenizer_json: str, config: OmniCoderConfig, page_len: int) -> dict:
+    """Write tokenizer.json and the paging sidecar; return the manifest's `sidecars` section."""
+    (directory / TOKENIZER_FILE).write_text(tokenizer_json)
+    (directory / PAGING_SIDECAR).write_text(json.dumps(paging_sidecar(config, page_len), indent=2))
+    return {"kv_paging": PAGING_SIDECAR}
+
+
+def common_manifest(
+    target: str,
+    config: OmniCoderConfig,
+    parameters: int,
+    precision: dict,
+    graph: dict,
+    sidecars: dict,
+    command: str,
+    started: float,
+) -> dict:
+    """A manifest (before `finalize_bundle` adds format and file hashes) for any target."""
+    return {
+        "created_by": f"omnicoder {__version__}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": target,
+        "model": model_metadata(config, parameters),
+        "precision": precision,
+        "graph": graph,
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "type": "omnicoder-byte" if config.tokenizer == "byte" else "huggingface",
+        },
+        "sidecars": sidecars,
+        "export": {
+            "command": command,
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        },
+    }
