@@ -24,7 +24,7 @@ from omnicoder.config import OmniCoderConfig
 from omnicoder.layers import RMSNorm
 from omnicoder.rope import apply_rope
 
-LayerKV = tuple[torch.Tensor, torch.Tensor]
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # or an in-program cache slot (omnicoder.static_kv.StaticKVSlot)
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -56,9 +56,12 @@ class GroupedQueryAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
-        past_k, past_v = (None, None) if past is None else past
         scale = 1.0 / math.sqrt(self.head_dim)
-        out, keys, values = ops.cached_attention(q, k, v, past_k, past_v, scale, self.window)
+        if hasattr(past, "attend"):  # an in-program cache (omnicoder.static_kv)
+            out, keys, values = past.attend(q, k, v, scale, self.window)
+        else:
+            past_k, past_v = (None, None) if past is None else past
+            out, keys, values = ops.cached_attention(q, k, v, past_k, past_v, scale, self.window)
         return AttentionResult(self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values), q)
 
 
@@ -95,8 +98,15 @@ class LatentAttention(nn.Module):
         latent, k_rope = self.kv_down(x).split((self.latent_dim, self.rope_dim), dim=-1)
         k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
         row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
-        past_rows = None if past is None else past[0]
         query = torch.cat((torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up), q_rope), dim=-1)
+        if hasattr(past, "attend_latent"):  # an in-program cache (omnicoder.static_kv), absorbed form
+            ctx_latent, rows = past.attend_latent(query, row, self.latent_dim, self.scale, self.window)
+            out = torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
+            empty = row[..., :0]
+            return AttentionResult(
+                self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (row, empty), (rows, empty), query
+            )
+        past_rows = None if past is None else past[0]
         if self.absorbed:
             out, rows = self._absorbed(query, row, past_rows)
         else:
