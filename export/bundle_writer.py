@@ -12,6 +12,7 @@ from omnicoder.runtimes.stats import peak_rss_mb
 
 from omnicoder import __version__
 from omnicoder.config import OmniCoderConfig
+from omnicoder.kv_quant import KVQuantSpec
 
 DEFAULT_PAGE_LEN = 64
 PAGING_SIDECAR = "model.kv_paging.json"
@@ -43,8 +44,26 @@ def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
     }
 
 
-def kv_contract(config: OmniCoderConfig) -> dict:
+def kv_contract(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> dict:
+    """The manifest's `graph.kv`: names, widths and the stored format of the KV tensors."""
+    spec = spec or KVQuantSpec()
     has_values = config.kv_value_dim > 0
+    storage = {
+        "dtype": spec.dtype,
+        "rotation": spec.rotation,
+        "key_group": spec.group_for(config.kv_key_dim) if spec.quantized else None,
+        "value_group": spec.group_for(config.kv_value_dim) if spec.quantized and has_values else None,
+        "key_components": [
+            {"suffix": suffix, "dtype": dtype, "width": width}
+            for suffix, dtype, width in spec.components(config.kv_key_dim)
+        ],
+        "value_components": [
+            {"suffix": suffix, "dtype": dtype, "width": width}
+            for suffix, dtype, width in spec.components(config.kv_value_dim)
+        ]
+        if has_values
+        else [],
+    }
     return {
         "layout": "BNSH",
         "kind": "gqa" if config.attention == "gqa" else "mla-latent",
@@ -56,11 +75,19 @@ def kv_contract(config: OmniCoderConfig) -> dict:
         "present_key": "present.{layer}.key",
         "present_value": "present.{layer}.value" if has_values else None,
         "query": "query.{layer}",
+        "storage": storage,
     }
 
 
-def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32") -> dict:
-    bytes_per_float = {"fp32": 4, "fp16": 2}[kv_dtype]
+def kv_bytes_per_token_per_layer(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> int:
+    """Exact stored KV bytes of one token in one layer (all KV heads, keys + values + scales)."""
+    spec = spec or KVQuantSpec()
+    widths = [config.kv_key_dim] + ([config.kv_value_dim] if config.kv_value_dim > 0 else [])
+    return config.kv_heads * sum(spec.bytes_per_row(w) for w in widths)
+
+
+def paging_sidecar(config: OmniCoderConfig, page_len: int, spec: KVQuantSpec | None = None) -> dict:
+    spec = spec or KVQuantSpec()
     return {
         "page_len": page_len,
         "n_layers": config.n_layers,
@@ -69,16 +96,20 @@ def paging_sidecar(config: OmniCoderConfig, page_len: int, kv_dtype: str = "fp32
         "rope_dim": config.rope_head_dim if config.attention == "mla" else 0,
         "key_dim": config.kv_key_dim,
         "value_dim": config.kv_value_dim,
-        "kv_dtype": kv_dtype,
-        "bytes_per_token_per_layer": config.kv_floats_per_token_per_layer * bytes_per_float,
+        "kv_dtype": spec.dtype,
+        "kv_group": spec.group_for(config.kv_key_dim) if spec.quantized else 0,
+        "kv_rotation": spec.rotation,
+        "bytes_per_token_per_layer": kv_bytes_per_token_per_layer(config, spec),
         "context_length": config.max_seq_len,
     }
 
 
-def write_common_files(directory: Path, tokenizer_json: str, config: OmniCoderConfig, page_len: int) -> dict:
+def write_common_files(
+    directory: Path, tokenizer_json: str, config: OmniCoderConfig, page_len: int, spec: KVQuantSpec | None = None
+) -> dict:
     """Write tokenizer.json and the paging sidecar; return the manifest's `sidecars` section."""
     (directory / TOKENIZER_FILE).write_text(tokenizer_json)
-    (directory / PAGING_SIDECAR).write_text(json.dumps(paging_sidecar(config, page_len), indent=2))
+    (directory / PAGING_SIDECAR).write_text(json.dumps(paging_sidecar(config, page_len, spec), indent=2))
     return {"kv_paging": PAGING_SIDECAR}
 
 

@@ -61,7 +61,19 @@ def build_parser() -> ArgumentParser:
         default=0,
         help="executorch --kv buffer / coreml --kv state: KV capacity in tokens (default: the model's context)",
     )
-    p.add_argument("--deployment-target", default="iOS18", choices=("iOS17", "iOS18"), help="coreml only")
+    p.add_argument("--kv-group", type=int, default=32, help="onnx --kv u8/nf4: values per scale (power of two)")
+    p.add_argument(
+        "--kv-rotation",
+        default="auto",
+        choices=("auto", "none", "hadamard"),
+        help="onnx --kv u8/nf4: block-Hadamard-rotate KV rows before quantizing (auto: on for nf4, where it pays)",
+    )
+    p.add_argument(
+        "--deployment-target",
+        default="iOS18",
+        choices=("iOS17", "iOS18"),
+        help="coreml only; --kv state and --weights int4 need iOS18",
+    )
     return p
 
 

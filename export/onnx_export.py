@@ -27,6 +27,7 @@ from tqdm import tqdm
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
+from omnicoder.kv_quant import DEFAULT_ROTATION, KVQuantSpec
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
@@ -40,6 +41,12 @@ class OnnxExportOptions:
     opset: int = 23
     accuracy_level: int = 4
     page_len: int = DEFAULT_PAGE_LEN
+    kv: str = "fp32"  # stored KV dtype: fp32 | fp16 | u8 | nf4 (omnicoder.kv_quant)
+    kv_group: int = 32
+    kv_rotation: str = "none"
+
+    def kv_spec(self) -> KVQuantSpec:
+        return KVQuantSpec(self.kv, self.kv_group, self.kv_rotation).validate()
 
 
 def graph_constraints(options: OnnxExportOptions) -> list[str]:
@@ -60,9 +67,9 @@ _DTYPES = {
 }
 
 
-def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig) -> None:
+def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig, spec: KVQuantSpec) -> None:
     """Give the graph's dynamic I/O dimensions stable names (the exporter numbers them)."""
-    past_in, present_out = kv_names(config)
+    past_in, present_out = kv_names(config, spec)
 
     def rename(value, names):
         for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=False):
@@ -110,6 +117,7 @@ def _metadata_props(config: OmniCoderConfig, options: OnnxExportOptions) -> dict
         "bos_id": str(config.bos_id),
         "eos_id": str(config.eos_id),
         "weights": options.weights,
+        "kv_dtype": options.kv,
     }
 
 
@@ -127,6 +135,7 @@ def export_onnx_bundle(
     if options.weights not in WEIGHT_MODES:
         raise OmniCoderError(f"--weights {options.weights} is unknown; use one of {', '.join(WEIGHT_MODES)}")
     config: OmniCoderConfig = model.config
+    spec = options.kv_spec()
     started = time.perf_counter()
     parameters = model.num_parameters()
     stages = tqdm(total=5, desc="export onnx", unit="stage")
@@ -137,7 +146,7 @@ def export_onnx_bundle(
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad():
         stages.set_postfix_str("torch.export + ONNX conversion")
-        graph_path = export_decode_graph(model, tmp / "model.onnx", options.opset, options.attention)
+        graph_path = export_decode_graph(model, tmp / "model.onnx", options.opset, options.attention, spec)
         stages.update(1)
         stages.set_postfix_str("lower quantized linears")
         proto = onnx.load(str(graph_path))
@@ -146,21 +155,21 @@ def export_onnx_bundle(
             raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} lowered")
         if options.weights == "fp16":
             store_weights_fp16(proto)
-        _name_dims(proto, config)
+        _name_dims(proto, config, spec)
         for key, value in _metadata_props(config, options).items():
             proto.metadata_props.add(key=key, value=value)
         stages.update(1)
         stages.set_postfix_str("write bundle")
         big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
-        sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len)
+        sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len, spec)
         stages.update(1)
         attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
         precision = {
             "weights": options.weights,
             "int4_format": options.int4_format if options.weights == "int4" else None,
             "block_size": 32 if options.weights == "int4" else None,
-            "kv": "fp32",
+            "kv": options.kv,
             "embedding": "fp32",
             "lm_head": "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32",
             "quantized_layers": quantized,
@@ -171,7 +180,7 @@ def export_onnx_bundle(
             "attention_op": attention_op,
             "inputs": _tensor_specs(proto.graph.input),
             "outputs": _tensor_specs(proto.graph.output),
-            "kv": kv_contract(config),
+            "kv": kv_contract(config, spec),
             "constraints": graph_constraints(options),
         }
         manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
@@ -189,5 +198,8 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         attention=args.attention,
         opset=args.opset,
         page_len=args.page_len,
+        kv=args.kv,
+        kv_group=args.kv_group,
+        kv_rotation=DEFAULT_ROTATION[args.kv] if args.kv_rotation == "auto" else args.kv_rotation,
     )
     return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)

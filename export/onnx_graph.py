@@ -25,26 +25,36 @@ from torch import nn
 from omnicoder import ops
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
+from omnicoder.kv_quant import KVQuantSpec, QuantizedKVSlot, quantize
 from omnicoder.model import OmniCoder
 
 ATTENTION_OPS = ("onnx", "ort-gqa")
 
 
-def kv_names(config: OmniCoderConfig) -> tuple[list[str], list[str]]:
-    """Graph input and output names of the KV tensors, in order."""
-    slots = ("key", "value") if config.kv_value_dim > 0 else ("key",)
-    inputs = [f"past_key_values.{i}.{s}" for i in range(config.n_layers) for s in slots]
-    outputs = [f"present.{i}.{s}" for i in range(config.n_layers) for s in slots]
+def kv_slots(config: OmniCoderConfig) -> list[tuple[int, str, int]]:
+    """(layer, "key" | "value", row width) of every cached tensor, in graph order."""
+    slots = [("key", config.kv_key_dim)] + ([("value", config.kv_value_dim)] if config.kv_value_dim > 0 else [])
+    return [(i, name, width) for i in range(config.n_layers) for name, width in slots]
+
+
+def kv_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> tuple[list[str], list[str]]:
+    """Graph input and output names of the KV tensors, in order (quantized KV: codes, then scales ...)."""
+    spec = spec or KVQuantSpec()
+    inputs, outputs = [], []
+    for i, slot, width in kv_slots(config):
+        for suffix, _, _ in spec.components(width):
+            inputs.append(f"past_key_values.{i}.{slot}{suffix}")
+            outputs.append(f"present.{i}.{slot}{suffix}")
     return inputs, outputs
 
 
-def output_names(config: OmniCoderConfig) -> list[str]:
+def output_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> list[str]:
     names = ["logits"]
     if config.n_mtp:
         names.append("mtp_logits")
     if config.retention_head:
         names.append("retention")
-    return names + kv_names(config)[1] + query_names(config)
+    return names + kv_names(config, spec)[1] + query_names(config)
 
 
 def query_names(config: OmniCoderConfig) -> list[str]:
@@ -52,42 +62,61 @@ def query_names(config: OmniCoderConfig) -> list[str]:
 
 
 class DecodeStep(nn.Module):
-    """The model with flat KV inputs and outputs, as the graph's I/O contract lays them out."""
+    """The model with flat KV inputs and outputs, as the graph's I/O contract lays them out.
 
-    def __init__(self, model: OmniCoder) -> None:
+    With a fp16/u8/nf4 `spec` the KV inputs and outputs are the stored (quantized) tensors of
+    `omnicoder.kv_quant`; new tokens are quantized and the past dequantized inside the graph.
+    """
+
+    def __init__(self, model: OmniCoder, spec: KVQuantSpec | None = None) -> None:
         super().__init__()
         self.model = model
+        self.spec = spec or KVQuantSpec()
         self.has_values = model.config.kv_value_dim > 0
+        config = model.config
+        self.parts = [len(self.spec.components(width)) for _, _, width in kv_slots(config)]
+
+    def _layer_inputs(self, past: list[torch.Tensor]) -> list:
+        if self.spec.dtype == "fp32":
+            if self.has_values:
+                return [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+            return [(k, k[..., :0]) for k in past]
+        groups, start = [], 0
+        for n in self.parts:
+            groups.append(list(past[start : start + n]))
+            start += n
+        if self.has_values:
+            return [QuantizedKVSlot(self.spec, groups[2 * i], groups[2 * i + 1]) for i in range(len(groups) // 2)]
+        return [QuantizedKVSlot(self.spec, g, None) for g in groups]
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, past: list[torch.Tensor]):
-        if self.has_values:
-            pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        else:
-            pairs = [(k, k[..., :0]) for k in past]
-        out = self.model(input_ids, position_ids, pairs)
+        layers = self._layer_inputs(past)
+        out = self.model(input_ids, position_ids, layers)
         results = [out.logits]
         if out.mtp_logits is not None:
             results.append(out.mtp_logits)
         if out.retention is not None:
             results.append(out.retention)
-        for key, value in out.present_kv:
-            results.append(key)
-            if self.has_values:
-                results.append(value)
+        if self.spec.dtype == "fp32":
+            for key, value in out.present_kv:
+                results.append(key)
+                if self.has_values:
+                    results.append(value)
+        else:
+            for slot in layers:
+                for stored in slot.present:
+                    results.extend(stored)
         results.extend(out.queries)
         return tuple(results)
 
 
-def example_inputs(config: OmniCoderConfig, batch: int = 2, seq: int = 3, past: int = 5):
+def example_inputs(config: OmniCoderConfig, batch: int = 2, seq: int = 3, past: int = 5, spec=None):
+    spec = spec or KVQuantSpec()
     ids = torch.randint(0, 256, (batch, seq))
     positions = torch.arange(past, past + seq).expand(batch, seq).contiguous()
-    n_kv = len(kv_names(config)[0])
-    widths = (
-        [config.kv_key_dim, config.kv_value_dim] * config.n_layers
-        if config.kv_value_dim
-        else [config.kv_key_dim] * n_kv
-    )
-    kv = [torch.randn(batch, config.kv_heads, past, w) for w in widths]
+    kv = []
+    for _, _, width in kv_slots(config):
+        kv.extend(quantize(torch.randn(batch, config.kv_heads, past, width), spec))
     return ids, positions, kv
 
 
@@ -155,25 +184,31 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
     quant_linear_op = values.Op(values.Opset("omnicoder", 1), "QuantLinear", _quant_linear_schema())
     gqa_op = values.Op(values.Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
-    def attention_onnx(q, k, v, past_k, past_v, scale: float, window: int):
+    def causal_mask(total, new, window: int):
+        """Bool [T, S]: bottom-right causal over the cache slots; with window > 0 only the last `window` slots."""
+        zero, one = op.Constant(value_ints=[0]), op.Constant(value_ints=[1])
+        q_idx = op.Unsqueeze(op.Range(op.Squeeze(op.Sub(total, new)), op.Squeeze(total), op.Squeeze(one)), one)
+        k_idx = op.Unsqueeze(op.Range(op.Squeeze(zero), op.Squeeze(total), op.Squeeze(one)), zero)
+        mask = op.LessOrEqual(k_idx, q_idx)
         if window > 0:
-            raise OmniCoderError("sliding-window attention has no ONNX Attention form yet; export without it")
+            mask = op.And(mask, op.Less(op.Sub(q_idx, k_idx), op.Constant(value_ints=[window])))
+        return mask
+
+    def attention_onnx(q, k, v, past_k, past_v, scale: float, window: int):
+        if window > 0:  # sliding window: an explicit mask instead of is_causal
+            total = op.Add(op.Shape(past_k, start=2, end=3), op.Shape(k, start=2, end=3))
+            mask = causal_mask(total, op.Shape(q, start=2, end=3), window)
+            y, present_k, present_v, _ = op.Attention(q, k, v, mask, past_k, past_v, scale=scale)
+            return y, present_k, present_v
         y, present_k, present_v, _ = op.Attention(q, k, v, None, past_k, past_v, is_causal=1, scale=scale)
         return y, present_k, present_v
 
     def latent_attention_onnx(q, row, past_rows, latent_dim: int, scale: float, window: int):
-        if window > 0:
-            raise OmniCoderError("sliding-window attention has no ONNX Attention form yet; export without it")
         rows = op.Concat(past_rows, row, axis=2)
         values = op.Slice(
             rows, op.Constant(value_ints=[0]), op.Constant(value_ints=[latent_dim]), op.Constant(value_ints=[3])
         )
-        total = op.Shape(rows, start=2, end=3)
-        new = op.Shape(q, start=2, end=3)
-        zero, one = op.Constant(value_ints=[0]), op.Constant(value_ints=[1])
-        q_idx = op.Unsqueeze(op.Range(op.Squeeze(op.Sub(total, new)), op.Squeeze(total), op.Squeeze(one)), one)
-        k_idx = op.Unsqueeze(op.Range(op.Squeeze(zero), op.Squeeze(total), op.Squeeze(one)), zero)
-        mask = op.LessOrEqual(k_idx, q_idx)  # [T, S] bottom-right causal
+        mask = causal_mask(op.Shape(rows, start=2, end=3), op.Shape(q, start=2, end=3), window)  # [T, S]
         y, _, _, _ = op.Attention(q, rows, values, mask, scale=scale)
         return y, rows
 
@@ -207,6 +242,12 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
         y = op.Transpose(op.Reshape(y3, shape), perm=[0, 2, 1, 3])
         return y, present_k, present_v
 
+    def masked_attention_onnx(q, k, v, scale: float, window: int):
+        """Attention over an assembled cache [B, H, S, D] with a bottom-right causal (optionally banded) mask."""
+        mask = causal_mask(op.Shape(k, start=2, end=3), op.Shape(q, start=2, end=3), window)
+        y, _, _, _ = op.Attention(q, k, v, mask, scale=scale)
+        return y
+
     def quant_linear(x, qweight, scales, bits: int):
         return quant_linear_op(x, qweight, scales, bits=bits)
 
@@ -214,26 +255,30 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
     return {
         torch.ops.omnicoder.cached_attention.default: attention,
         torch.ops.omnicoder.latent_attention.default: latent_attention_onnx,
+        torch.ops.omnicoder.masked_attention.default: masked_attention_onnx,
         torch.ops.omnicoder.quant_linear.default: quant_linear,
     }
 
 
-def export_decode_graph(model: OmniCoder, path: Path, opset: int = 23, attention_op: str = "onnx") -> Path:
+def export_decode_graph(
+    model: OmniCoder, path: Path, opset: int = 23, attention_op: str = "onnx", kv_spec: KVQuantSpec | None = None
+) -> Path:
     """torch.export the decode step with dynamic batch / sequence / past and write it to `path`."""
     config = model.config
+    kv_spec = (kv_spec or KVQuantSpec()).validate()
     if opset < 23:
         raise OmniCoderError(f"--opset {opset} has no standard Attention op; use 23 or 24")
     if attention_op == "ort-gqa" and config.kv_value_dim != config.kv_key_dim:
         raise OmniCoderError("--attention ort-gqa needs equal key and value widths; MLA models use --attention onnx")
-    step = DecodeStep(model.eval())
-    ids, positions, kv = example_inputs(config)
+    step = DecodeStep(model.eval(), kv_spec)
+    ids, positions, kv = example_inputs(config, spec=kv_spec)
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
     dynamic_shapes = {
         "input_ids": {0: batch, 1: seq},
         "position_ids": {0: batch, 1: seq},
         "past": [{0: batch, 2: past} for _ in kv],
     }
-    in_names = ["input_ids", "position_ids", *kv_names(config)[0]]
+    in_names = ["input_ids", "position_ids", *kv_names(config, kv_spec)[0]]
     with ops.export_mode(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -243,7 +288,7 @@ def export_decode_graph(model: OmniCoder, path: Path, opset: int = 23, attention
             opset_version=opset,
             dynamic_shapes=dynamic_shapes,
             input_names=in_names,
-            output_names=output_names(config),
+            output_names=output_names(config, kv_spec),
             custom_translation_table=_translations(attention_op, config),
             verbose=False,
         )

@@ -7,6 +7,8 @@ one definition of the model and one place per target that lowers each boundary:
   `com.microsoft.GroupQueryAttention`); ExecuTorch `llama::update_cache` + `llama::custom_sdpa`;
   Core ML `scaled_dot_product_attention`.
 - latent_attention (MLA over its latent cache, V = K[..., :latent]): ONNX Concat + `Attention`.
+- masked_attention (attention over a cache the caller assembled, e.g. dequantized KV): ONNX `Attention`
+  with an explicit bottom-right causal mask.
 - quant_linear: ONNX DequantizeLinear(int4, block 32) + MatMul (ORT fuses it into MatMulNBits), or
   MatMulNBits directly, or int8 dynamic quantization; ExecuTorch torchao 8da4w; Core ML
   `constexpr_blockwise_shift_scale`.
@@ -135,6 +137,16 @@ def _(q, row, past_rows, latent_dim, scale, window):
     return q.new_empty(*q.shape[:3], latent_dim), torch.cat((past_rows, row), dim=2)
 
 
+@torch.library.custom_op("omnicoder::masked_attention", mutates_args=())
+def _masked_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    return attention(q, k, v, scale, window)
+
+
+@_masked_attention_op.register_fake
+def _(q, k, v, scale, window):
+    return q.new_empty(*q.shape[:3], v.shape[3])
+
+
 @torch.library.custom_op("omnicoder::quant_linear", mutates_args=())
 def _quant_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     return _quant_linear_ref(x, qweight, scales, None, bits)
@@ -178,6 +190,17 @@ def latent_attention(
             past_rows = row[:, :, :0]
         return torch.ops.omnicoder.latent_attention(q, row, past_rows, latent_dim, scale, window)
     return _latent_attention_ref(q, row, past_rows, latent_dim, scale, window)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+    """Causal attention of the T newest positions over a cache the caller already assembled (past + new rows).
+
+    Used when the cache is stored in another form than the attention reads (quantized KV): the caller
+    dequantizes and concatenates; no present KV comes back.
+    """
+    if _EXPORT_MODE:
+        return torch.ops.omnicoder.masked_attention(q, k, v, scale, window)
+    return attention(q, k, v, scale, window)
 
 
 def quant_linear(

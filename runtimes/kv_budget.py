@@ -15,10 +15,11 @@ from omnicoder.errors import OmniCoderError
 MB = 1 << 20
 KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
 ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "u8": 1.0, "nf4": 0.5}
-# Assumed quantized-KV layout until the KV quantization export writes `bytes_per_token_per_layer` exactly: each
-# cached row is cut into groups of QUANT_GROUP values; a u8 group carries one fp16 scale + one fp16 zero point
-# (4 bytes, asymmetric), an nf4 group one fp16 absmax scale (2 bytes, symmetric codebook). Rows are rounded up
-# to whole bytes (nf4 packs two values per byte).
+# The stored KV formats of `omnicoder-export --kv` (omnicoder/kv_quant.py): each cached row is cut into groups of
+# the largest power of two <= QUANT_GROUP that divides its width (MLA rows of 96 + 16 -> 16); a u8 group carries
+# an fp16 scale + an fp16 minimum (4 bytes, asymmetric), an nf4 group one fp16 absmax scale (2 bytes); nf4 packs
+# two codes per byte. A bundle's sidecar states its own `bytes_per_token_per_layer` exactly; this computes
+# the other dtypes for comparison.
 QUANT_GROUP = 32
 GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}
 # similarity-fetched pages per step (the runner's --predicted-pages, scored with the graph's query outputs). 0: on
@@ -27,11 +28,18 @@ GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}
 MAX_PREDICTED_PAGES = 0
 
 
-def row_bytes(width: int, kv_dtype: str) -> int:
+def quant_group(width: int, group: int = QUANT_GROUP) -> int:
+    """The group used for rows of `width` (as omnicoder.kv_quant.KVQuantSpec.group_for)."""
+    while group > 1 and width % group:
+        group //= 2
+    return group
+
+
+def row_bytes(width: int, kv_dtype: str, group: int = QUANT_GROUP) -> int:
     """Bytes of one cached row of `width` values in `kv_dtype`, group scales included."""
     if width <= 0:
         return 0
-    groups = math.ceil(width / QUANT_GROUP) if GROUP_OVERHEAD_BYTES[kv_dtype] else 0
+    groups = width // quant_group(width, group) if GROUP_OVERHEAD_BYTES[kv_dtype] else 0
     return math.ceil(width * ELEMENT_BYTES[kv_dtype]) + groups * GROUP_OVERHEAD_BYTES[kv_dtype]
 
 
@@ -78,7 +86,8 @@ def bytes_per_token_per_layer(sidecar: dict, kv_dtype: str | None = None) -> lis
         raise OmniCoderError(f"unknown KV dtype {dtype!r}; choose one of {', '.join(KV_DTYPES)}")
     if dtype == own and "bytes_per_token_per_layer" in sidecar:
         return [float(sidecar["bytes_per_token_per_layer"])] * sidecar["n_layers"]
-    return [float(h * (row_bytes(k, dtype) + row_bytes(v, dtype))) for h, k, v in layer_widths(sidecar)]
+    group = sidecar.get("kv_group") or QUANT_GROUP
+    return [float(h * (row_bytes(k, dtype, group) + row_bytes(v, dtype, group))) for h, k, v in layer_widths(sidecar)]
 
 
 @dataclass(frozen=True)

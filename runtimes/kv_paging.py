@@ -105,8 +105,9 @@ class PagedKVCache:
         self._spill_dir = str(spill_dir) if spill_dir else None
         widths = dict(zip(layout.inputs, layout.widths, strict=True))
         self._shapes = {name: (layout.heads, policy.page_len, w) for name, w in widths.items()}
-        self.page_bytes = sum(4 * math.prod(s) for s in self._shapes.values())
-        self._key_names = [n for n in layout.inputs if n.endswith(".key")]
+        self._dtypes = dict(zip(layout.inputs, layout.dtypes, strict=True))
+        self.page_bytes = sum(self._dtypes[n].itemsize * math.prod(s) for n, s in self._shapes.items())
+        self._key_names = [names[0] for names in layout.key_slots]  # summaries are keyed by the codes input
         self.spill: SpillFile | None = None
         self.reset()
 
@@ -130,7 +131,8 @@ class PagedKVCache:
         for name in self.layout.inputs:
             parts = [self._page_arrays(i)[name][:, : self.pages[i].filled] for i in self.attended]
             heads, _, width = self._shapes[name]
-            out[name] = (np.concatenate(parts, axis=1) if parts else np.zeros((heads, 0, width), np.float32))[None]
+            empty = np.zeros((heads, 0, width), self._dtypes[name])
+            out[name] = (np.concatenate(parts, axis=1) if parts else empty)[None]
         return out
 
     def update(self, presents: dict, new_tokens: int) -> None:
@@ -188,7 +190,7 @@ class PagedKVCache:
 
     # -- storage ---------------------------------------------------------------------------------------
     def _empty_page(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros(shape, np.float32) for name, shape in self._shapes.items()}
+        return {name: np.zeros(shape, self._dtypes[name]) for name, shape in self._shapes.items()}
 
     def _page_arrays(self, index: int) -> dict[str, np.ndarray]:
         page = self.pages[index]
@@ -196,8 +198,9 @@ class PagedKVCache:
             data = self.spill.read(page.slot, self.page_bytes)
             page.arrays, offset = {}, 0
             for name, shape in self._shapes.items():
-                size = 4 * math.prod(shape)
-                page.arrays[name] = np.frombuffer(data[offset : offset + size], np.float32).reshape(shape).copy()
+                dtype = self._dtypes[name]
+                size = dtype.itemsize * math.prod(shape)
+                page.arrays[name] = np.frombuffer(data[offset : offset + size], dtype).reshape(shape).copy()
                 offset += size
             self.spill.release(page.slot)
             page.slot = -1
@@ -205,8 +208,9 @@ class PagedKVCache:
 
     def _summarize(self, page: Page, start: int, end: int) -> None:
         """Fold key rows [start, end) of the page into its per-channel min/max (the Quest summary)."""
-        for key_name in self._key_names:
-            rows = page.arrays[key_name][:, start:end]
+        for layer, key_name in enumerate(self._key_names):
+            stored = {name: page.arrays[name][:, start:end] for name in self.layout.key_slots[layer]}
+            rows = self.layout.dequantized_keys(stored, layer)
             lo, hi = rows.min(axis=1), rows.max(axis=1)
             if key_name in page.summary_min:
                 lo, hi = np.minimum(lo, page.summary_min[key_name]), np.maximum(hi, page.summary_max[key_name])

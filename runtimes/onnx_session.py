@@ -98,7 +98,7 @@ class OnnxBackend:
         if paging is not None and paging.predicted_pages > 0:
             if not kv.get("query"):
                 raise OmniCoderError("--predicted-pages needs a bundle whose graph outputs queries; re-export it")
-            keys = [name for name in self.layout.inputs if name.endswith(".key")]
+            keys = [names[0] for names in self.layout.key_slots]
             self.query_outputs = {kv["query"].format(layer=i): key for i, key in enumerate(keys)}
         self.last_queries: dict[str, np.ndarray] = {}
         self.output_names = [o.name for o in session.get_outputs()]
@@ -113,6 +113,14 @@ class OnnxBackend:
         if not self.last_queries:
             return []
         return cache.quest_scores(self.last_queries, candidates)
+
+    def _in_key_space(self, query: np.ndarray) -> np.ndarray:
+        """Queries as the stored keys see them (rotated like the keys when the KV rows are Hadamard-rotated)."""
+        if self.layout.rotation != "hadamard":
+            return query
+        from omnicoder.runtimes.kv_quant import rotate
+
+        return rotate(query, self.layout.key_group)
 
     @property
     def cache_length(self) -> int:
@@ -135,7 +143,9 @@ class OnnxBackend:
         values = dict(zip(wanted, binding.get_outputs(), strict=True))
         presents = {self._present_to_past[name]: values[name] for name in self.layout.outputs}
         if self.query_outputs:
-            self.last_queries = {key: values[q].numpy()[0, :, -1] for q, key in self.query_outputs.items()}
+            self.last_queries = {
+                key: self._in_key_space(values[q].numpy()[0, :, -1]) for q, key in self.query_outputs.items()
+            }
         return {"logits": values["logits"].numpy(), "presents": presents}
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:

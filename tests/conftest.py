@@ -38,6 +38,8 @@ def bundles(tmp_path_factory):
         "gqa-ortgqa": (gqa_test_config, {"weights": "fp32", "attention": "ort-gqa"}),
         "mla-int8": (mla_test_config, {"weights": "int8"}),
         "gqa-fp16": (gqa_test_config, {"weights": "fp16"}),
+        "gqa-u8": (gqa_test_config, {"weights": "fp32", "kv": "u8"}),
+        "mla-nf4-had": (mla_test_config, {"weights": "fp32", "kv": "nf4", "kv_rotation": "hadamard"}),
     }
     made = {}
     for name, (make, options) in variants.items():

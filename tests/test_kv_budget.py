@@ -35,11 +35,13 @@ def test_bytes_per_token_from_the_sidecar_and_from_the_widths():
 
 
 def test_quantized_rows_carry_their_group_scales():
-    assert row_bytes(112, "u8") == 112 + 4 * 4  # 4 groups of 32, fp16 scale + zero point each
-    assert row_bytes(112, "nf4") == 56 + 4 * 2  # two values a byte, one fp16 scale a group
+    # MLA rows of 96 + 16: groups of 16 (the largest power of two <= 32 dividing 112), as the export cuts them
+    assert row_bytes(112, "u8") == 112 + 7 * 4  # fp16 scale + minimum per group
+    assert row_bytes(112, "nf4") == 56 + 7 * 2  # two values a byte, one fp16 scale a group
+    assert row_bytes(64, "u8") == 64 + 2 * 4
     assert row_bytes(0, "u8") == 0
-    assert bytes_per_token_per_layer(TINY, "u8") == [128.0] * 4  # the sidecar's 448 is for fp32 only
-    assert KVLayout.from_sidecar(TINY, "nf4").page_bytes == 64 * 4 * 64
+    assert bytes_per_token_per_layer(TINY, "u8") == [140.0] * 4  # the sidecar's 448 is for fp32 only
+    assert KVLayout.from_sidecar(TINY, "nf4").page_bytes == 64 * 4 * 70
 
 
 def test_gqa_and_per_layer_widths():
@@ -174,7 +176,7 @@ def test_mobile_check_fits_on_ci(mla_bundle, capsys):
     assert result["kv_bytes"] == 2 * 20480 and result["app_limit_bytes"] == 8192 * MB
     assert result["overhead_bytes"] == int(100 * MB + 0.25 * result["weights_bytes"])
     assert result["total_bytes"] == result["weights_bytes"] + result["kv_bytes"] + result["overhead_bytes"]
-    assert result["if_exported_with_kv"]["u8"]["kv_bytes"] == 2 * 64 * 2 * (40 + 2 * 4)
+    assert result["if_exported_with_kv"]["u8"]["kv_bytes"] == 2 * 64 * 2 * (40 + 5 * 4)  # rows of 40: groups of 8
     assert "KV if exported with --kv nf4" in out and "fits" in out
 
 
