@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test app-tests lint setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	@echo "== sample apps: Kotlin and Swift cores against tests/vectors, glue syntax (docs/apps.md) =="
+	apps/run_app_tests.sh
 	@echo "== provider gate: the default int4 bundle against the ci-cpu profile =="
 	$(BIN)/omnicoder-export --target onnx --model default --weights int4 --out $(DEMO_BUNDLE)
 	$(BIN)/omnicoder-bench --bundle $(DEMO_BUNDLE) --profile ci-cpu --out build/provider_bench.json --report
+
+# the sample apps' cores (Kotlin on the JVM, Swift natively or in a Debian chroot) + glue syntax; see docs/apps.md
+app-tests:
+	apps/run_app_tests.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,115 @@
+import CoreML
+import Foundation
+import OmniCoderCore
+
+struct Message: Identifiable {
+    let id = UUID()
+    let fromUser: Bool
+    var text: String
+}
+
+/// Loads the bundle, holds the conversation (KV cache reused across turns) and streams tokens to the view.
+@MainActor
+final class ChatModel: ObservableObject {
+    @Published var status = "loading"
+    @Published var ready = false
+    @Published var generating = false
+    @Published var messages: [Message] = []
+    @Published var stats = ""
+    @Published var memory = ""
+    @Published var error: String?
+
+    var sampling = SamplingParams(temperature: 0.7, topK: 40, topP: 0.95, seed: 0)
+    var maxNewTokens = 256
+    private var conversation: Conversation?
+    private var session: ModelSession?
+    private var tokenizer: ByteTokenizer?
+    private var pagingNote = ""
+    private let stopFlag = StopFlag()
+
+    func load() async {
+        do {
+            let bundle = try await Task.detached(priority: .userInitiated) { try BundleLocator.verifiedBundle() }.value
+            let (policy, note) = try MemoryInfo.policy(for: bundle)
+            pagingNote = note
+            let session = try CoreMLSessionFactory.make(bundle: bundle, policy: policy)
+            self.session = session
+            tokenizer = try bundle.tokenizer()
+            conversation = Conversation(session: session, sampler: try Sampler(sampling), eosId: bundle.manifest.model.eosId)
+            status = "\(bundle.manifest.model.name) ready"
+            ready = true
+            memory = memoryLine()
+        } catch {
+            status = "no model"
+            self.error = "\(error)"
+        }
+    }
+
+    private func memoryLine() -> String {
+        let kv = Double((session as? StreamingSession)?.store.residentBytes() ?? 0) / 1_048_576
+        return String(format: "RSS %.0f MB, KV %.2f MB. ", MemoryInfo.residentMB(), kv) + pagingNote
+    }
+
+    func send(_ text: String) {
+        guard let chat = conversation, let tok = tokenizer, !generating, !text.isEmpty else { return }
+        stopFlag.value = false
+        let firstTurn = chat.pending == nil
+        messages += [Message(fromUser: true, text: text), Message(fromUser: false, text: "")]
+        generating = true
+        error = nil
+        let ids = tok.encode(firstTurn ? text : "\n" + text, addBos: firstTurn)
+        let maxNew = maxNewTokens
+        let flag = stopFlag
+        Task.detached(priority: .userInitiated) { [weak self] in
+            var decoder = tok.streamDecoder()
+            do {
+                let result = try chat.generate(prompt: ids, maxNewTokens: maxNew, shouldStop: { flag.value }) { token in
+                    let piece = decoder.push(token)
+                    if !piece.isEmpty { Task { @MainActor in self?.append(piece) } }
+                }
+                let tail = decoder.flush()
+                let s = result.stats
+                let line = String(
+                    format: "prefill %.1f tok/s, decode %.1f tok/s, %d tokens (%@)", s.prefillTokensPerSecond,
+                    s.decodeTokensPerSecond, s.generatedTokens, s.stopReason.rawValue)
+                await MainActor.run {
+                    self?.append(tail)
+                    self?.stats = line
+                    self?.generating = false
+                    self?.memory = self?.memoryLine() ?? ""
+                }
+            } catch {
+                await MainActor.run {
+                    self?.error = "\(error)"
+                    self?.generating = false
+                }
+            }
+        }
+    }
+
+    private func append(_ piece: String) {
+        guard !piece.isEmpty, !messages.isEmpty else { return }
+        messages[messages.count - 1].text += piece
+        memory = memoryLine()
+    }
+
+    func stop() { stopFlag.value = true }
+
+    func newChat() {
+        guard !generating else { return }
+        try? conversation?.reset()
+        messages = []
+        stats = ""
+        memory = memoryLine()
+    }
+}
+
+/// A flag the generation thread reads while the UI sets it.
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    var value: Bool {
+        get { lock.withLock { flag } }
+        set { lock.withLock { flag = newValue } }
+    }
+}

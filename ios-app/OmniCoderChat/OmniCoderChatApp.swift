@@ -1,0 +1,8 @@
+import SwiftUI
+
+@main
+struct OmniCoderChatApp: App {
+    var body: some Scene {
+        WindowGroup { ChatView() }
+    }
+}

@@ -1,0 +1,148 @@
+import Foundation
+
+/// Which pages a step attends to (runtimes/kv_paging.py PagingPolicy, without predicted pages).
+public struct PagingPolicy: Equatable, Sendable {
+    public let pageLen: Int
+    public let window: Int
+    public let sinkPages: Int
+
+    public init(pageLen: Int = 64, window: Int = 0, sinkPages: Int = 0) {
+        precondition(pageLen > 0 && window >= 0 && sinkPages >= 0, "paging: page-len > 0, window and sinks >= 0")
+        self.pageLen = pageLen
+        self.window = window
+        self.sinkPages = sinkPages
+    }
+}
+
+/// One KV tensor as bytes in native order, BNSH: shape [1, heads, tokens, width].
+public struct KvTensor {
+    public let name: String
+    public let dtype: String
+    public let shape: [Int]
+    public var data: [UInt8]
+
+    public init(name: String, dtype: String, shape: [Int], data: [UInt8]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+    }
+}
+
+/// Hook for the retention sidecar (model.retention.json, issue 5): extra pages to keep attending beyond the
+/// sinks and the window. Not wired yet: runtimes/schemas/retention.schema.json did not exist when this was written.
+public protocol RetentionHook: AnyObject {
+    func keepPages(_ store: PagedKvStore, candidates: [Int]) -> [Int]
+}
+
+/// The KV cache in pages of `pageLen` tokens, all layers of a token range per page (runtimes/kv_paging.py
+/// PagedKVCache). Each step feeds only the attended pages (sinks + the window); positions stay absolute. Pages
+/// that can never be attended again are dropped, so resident memory follows the PagingPlan, not the context.
+public final class PagedKvStore {
+    public final class Page {
+        public let start: Int
+        public internal(set) var filled = 0
+        var data: [String: [UInt8]]?  // per input: [heads, pageLen, width] rows; nil when dropped
+        init(start: Int) { self.start = start }
+        public var resident: Bool { data != nil }
+    }
+
+    public let layout: KvLayout
+    public let policy: PagingPolicy
+    public weak var retention: RetentionHook?
+    public private(set) var pages: [Page] = []
+    public private(set) var length = 0
+
+    public init(layout: KvLayout, policy: PagingPolicy) {
+        self.layout = layout
+        self.policy = policy
+    }
+
+    public func reset() {
+        pages = []
+        length = 0
+    }
+
+    public func windowPages() -> [Int] {
+        if policy.window <= 0 { return Array(pages.indices) }
+        let first = max(0, length - policy.window)
+        return pages.indices.filter { pages[$0].start + pages[$0].filled > first }
+    }
+
+    public func attendedPages() -> [Int] {
+        var keep = Set(0..<min(policy.sinkPages, pages.count)).union(windowPages())
+        if let hook = retention {
+            keep.formUnion(hook.keepPages(self, candidates: pages.indices.filter { !keep.contains($0) }))
+        }
+        return keep.sorted()
+    }
+
+    /// The attended tokens' rows per KV input, [1, heads, n, width], in cache order.
+    public func feeds() -> [String: KvTensor] {
+        let attended = attendedPages()
+        let tokens = attended.reduce(0) { $0 + pages[$1].filled }
+        var out: [String: KvTensor] = [:]
+        for (index, name) in layout.inputs.enumerated() {
+            let row = layout.rowBytes(index)
+            var data = [UInt8]()
+            data.reserveCapacity(layout.heads * tokens * row)
+            for head in 0..<layout.heads {
+                for p in attended {
+                    let page = pages[p]
+                    guard let src = page.data?[name] else { fatalError("page \(p) was dropped but is attended") }
+                    let from = head * policy.pageLen * row
+                    data.append(contentsOf: src[from..<(from + page.filled * row)])
+                }
+            }
+            out[name] = KvTensor(
+                name: name, dtype: layout.dtypes[index], shape: [1, layout.heads, tokens, layout.widths[index]], data: data)
+        }
+        return out
+    }
+
+    /// Append the last `newTokens` rows of each present tensor (keyed by past input name; [1, heads, total, width]).
+    public func update(_ presents: [String: KvTensor], newTokens: Int) {
+        var done = 0
+        while done < newTokens {
+            if pages.isEmpty || pages.last!.filled == policy.pageLen {
+                let page = Page(start: length)
+                var data: [String: [UInt8]] = [:]
+                for (i, name) in layout.inputs.enumerated() {
+                    data[name] = [UInt8](repeating: 0, count: layout.heads * policy.pageLen * layout.rowBytes(i))
+                }
+                page.data = data
+                pages.append(page)
+            }
+            let page = pages.last!
+            let take = min(policy.pageLen - page.filled, newTokens - done)
+            for (index, name) in layout.inputs.enumerated() {
+                guard let present = presents[name] else { fatalError("no present tensor for \(name)") }
+                let row = layout.rowBytes(index)
+                let total = present.shape[2]
+                let first = total - newTokens + done
+                for head in 0..<layout.heads {
+                    let src = (head * total + first) * row
+                    let dst = (head * policy.pageLen + page.filled) * row
+                    page.data![name]!.replaceSubrange(dst..<(dst + take * row), with: present.data[src..<(src + take * row)])
+                }
+            }
+            page.filled += take
+            done += take
+            length += take
+        }
+        dropUnreachable()
+    }
+
+    /// Resident KV bytes (pages not dropped).
+    public func residentBytes() -> Int {
+        pages.reduce(0) { $0 + ($1.data?.values.reduce(0) { $0 + $1.count } ?? 0) }
+    }
+
+    public func residentPages() -> Int { pages.filter(\.resident).count }
+
+    private func dropUnreachable() {
+        if policy.window <= 0 || retention != nil { return }  // retention may bring old pages back
+        let keep = Set(attendedPages())
+        for (i, page) in pages.enumerated() where !keep.contains(i) && i != pages.count - 1 { page.data = nil }
+    }
+}

@@ -1,0 +1,158 @@
+"""The shared app test vectors (tests/vectors/): up to date with generate.py, and passed by the Python runtime.
+
+The Kotlin and Swift cores check the same files (docs/apps.md), so the three implementations stay compatible.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnicoder.errors import OmniCoderError
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("vector_generate", VECTORS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(name: str) -> dict:
+    return json.loads((VECTORS / name).read_text())
+
+
+def test_committed_vectors_are_up_to_date():
+    files = _generator().build_all()
+    stale = [
+        rel for rel, data in files.items() if not (VECTORS / rel).is_file() or (VECTORS / rel).read_bytes() != data
+    ]
+    on_disk = {p.relative_to(VECTORS).as_posix() for p in (VECTORS / "bundles").rglob("*") if p.is_file()}
+    extra = sorted(on_disk - set(files))
+    assert not stale and not extra, f"run .venv/bin/python tests/vectors/generate.py (stale: {stale}, extra: {extra})"
+
+
+def test_tokenizer_vectors():
+    from omnicoder.tokenizer import ByteTokenizer, tokenizer_from_json
+
+    data = load("tokenizer.json")
+    tok = tokenizer_from_json(json.dumps(data["tokenizer_json"]))
+    assert tok == ByteTokenizer()
+    surrogates = 0
+    for case in data["encode"]:
+        units = case["utf16"]
+        text = b"".join(u.to_bytes(2, "little") for u in units).decode("utf-16-le", errors="surrogatepass")
+        assert case["text"] in (text, None)
+        assert tok.encode(text, add_bos=case["add_bos"]) == case["ids"]
+        assert tok.decode(case["ids"]) == text
+        surrogates += any(0xD800 <= u < 0xE000 for u in units)
+    assert surrogates >= 2
+    for case in data["decode"]:
+        units = case["utf16"]
+        text = b"".join(u.to_bytes(2, "little") for u in units).decode("utf-16-le", errors="surrogatepass")
+        assert tok.decode(case["ids"]) == text and case["text"] in (text, None)
+    for case in data["stream"]:
+        decoder = tok.stream_decoder()
+        assert [decoder.push(i) for i in case["ids"]] == case["pieces"]
+        assert decoder.flush() == case["flush"]
+    assert any("\ufffd" in "".join(c["pieces"]) for c in data["stream"])
+
+
+def test_sampling_vectors():
+    from omnicoder.runtimes.sampling import Sampler, SamplingParams, SplitMix64
+
+    data = load("sampling.json")
+    for case in data["rng"]:
+        gen = SplitMix64(case["seed"])
+        assert [f"{gen.next_u64():016x}" for _ in case["u64"]] == case["u64"]
+    assert data["rng"][3]["u64"][0] == "599ed017fb08fc85"  # SplitMix64's published first output for seed 1234567
+    for case in data["cases"]:
+        params = SamplingParams(case["temperature"], case["top_k"], case["top_p"], case["seed"])
+        logits = np.array(case["logits"], dtype=np.float32)
+        probs = Sampler(params).probabilities(logits)
+        np.testing.assert_allclose(probs, case["probabilities"], rtol=0, atol=data["probability_tolerance"])
+        sampler = Sampler(params)
+        assert [sampler.sample(logits) for _ in case["tokens"]] == case["tokens"], case["name"]
+    assert len({tuple(c["tokens"]) for c in data["cases"]}) > 10
+
+
+def test_kv_layout_vectors():
+    from omnicoder.runtimes.kv_budget import bytes_per_token_per_layer
+    from omnicoder.runtimes.kv_cache import KVLayout
+
+    for case in load("kv_layout.json")["cases"]:
+        layout = KVLayout(case["kv"], case["n_layers"])
+        assert layout.inputs == case["inputs"] and layout.outputs == case["outputs"]
+        assert layout.widths == case["widths"] and [d.name for d in layout.dtypes] == case["dtypes"]
+        assert layout.bytes_per_token() == case["bytes_per_token"]
+        assert sum(bytes_per_token_per_layer(case["sidecar"])) == case["bytes_per_token"]
+
+
+def test_paging_vectors():
+    from omnicoder.runtimes.kv_budget import KVLayout as BudgetLayout
+    from omnicoder.runtimes.kv_budget import plan_paging
+    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
+
+    fake_presents = _generator()._fake_presents
+    data = load("paging.json")
+    for case in data["pages"]:
+        layout = KVLayout(case["kv"], case["n_layers"])
+        policy = PagingPolicy(page_len=case["page_len"], window=case["window"], sink_pages=case["sink_pages"])
+        cache = PagedKVCache(layout, policy)
+        for step in case["steps"]:
+            fed = cache.feeds()[layout.inputs[0]][0, 0, :, 0]
+            assert [int(round(v / 10)) for v in fed] == step["fed_tokens"]
+            cache.update(fake_presents(layout, cache.length, step["new_tokens"]), step["new_tokens"])
+            assert [[p.start, p.filled] for p in cache.pages] == step["pages"]
+            assert cache.attended_pages() == step["attended"]
+    assert any(len(s["fed_tokens"]) < s["length"] - s["new_tokens"] for c in data["pages"] for s in c["steps"])
+    for case in data["sizing"]:
+        layout = BudgetLayout.from_sidecar(case["sidecar"])
+        assert layout.page_bytes == case["page_bytes"]
+        plan = plan_paging(layout, case["context"], case["budget_bytes"], case["model_context"])
+        assert (None if plan is None else plan.to_dict()) == case["plan"]
+    kinds = {(c["plan"] is None, c["plan"] and c["plan"]["fits_whole"]) for c in data["sizing"]}
+    assert kinds == {(True, None), (False, True), (False, False)}
+
+
+def test_decode_loop_vectors():
+    from omnicoder.runtimes.decode_loop import generate_ids
+    from omnicoder.runtimes.sampling import Sampler, SamplingParams
+
+    gen = _generator()
+    reasons = set()
+    for case in load("decode_loop.json")["cases"]:
+        backend = gen.FakeBackend(case["context"])
+        sampler = Sampler(SamplingParams(**case["sampling"]))
+        out, stats = generate_ids(backend, case["prompt"], case["max_new_tokens"], sampler, case["eos_id"])
+        assert out == case["tokens"] and stats.stop_reason == case["stop_reason"], case["name"]
+        assert backend.calls == case["calls"]
+        reasons.add(stats.stop_reason)
+        follow = case.get("continuation")
+        if follow and case["sampling"]["temperature"] == 0:
+            # reusing the KV cache gives what a fresh run over the whole transcript gives (greedy)
+            transcript = case["prompt"] + case["tokens"][:-1] + [follow["pending"], *follow["prompt"]]
+            fresh, _ = generate_ids(gen.FakeBackend(case["context"]), transcript, case["max_new_tokens"], sampler, -1)
+            assert follow["tokens"] == fresh[: len(follow["tokens"])]
+    assert reasons == {"limit", "eos", "context"}
+
+
+@pytest.mark.parametrize("case", load("bundles.json")["cases"], ids=lambda c: c["name"])
+def test_bundle_vectors(case):
+    from omnicoder.runtimes.bundle import open_bundle
+
+    path = VECTORS / "bundles" / case["name"]
+    if case["expect"] == "ok":
+        bundle = open_bundle(path)
+        assert bundle.tokenizer().encode("a") == [97]
+        assert bundle.sidecar("kv_paging")["page_len"] == 16
+    else:
+        with pytest.raises(OmniCoderError, match=case["python_message"]):
+            open_bundle(path)
