@@ -20,6 +20,13 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="prompt text")
     p.add_argument("--prompt-file", help="read the prompt from this file instead")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--speculative",
+        type=int,
+        default=0,
+        metavar="K",
+        help="draft K tokens per step with the model's MTP heads and verify them in one call (0: off)",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 means no limit")
     p.add_argument("--top-p", type=float, default=0.95)

@@ -17,6 +17,7 @@ class TorchBackend:
         self.model = model.eval()
         self.context_length = model.config.max_seq_len
         self.cache = KVCache(model.config.n_layers)
+        self.n_mtp = model.config.n_mtp
 
     def reset(self) -> None:
         self.cache = KVCache(self.model.config.n_layers)
@@ -30,3 +31,14 @@ class TorchBackend:
         out = self.model(torch.tensor([ids]), torch.tensor([positions]), self.cache.past(), heads=False)
         self.cache.append(out.new_kv)
         return out.logits[0, -1].float().numpy()
+
+    @torch.no_grad()
+    def verify(self, ids: list[int], positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Speculative decoding: logits [T, V] and MTP logits [T, n_mtp, V] of every token; caches them."""
+        out = self.model(torch.tensor([ids]), torch.tensor([positions]), self.cache.past())
+        self.cache.append(out.new_kv)
+        mtp = out.mtp_logits[0] if out.mtp_logits is not None else out.logits[0, :, None, :0]
+        return out.logits[0].float().numpy(), mtp.float().numpy()
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)

@@ -81,8 +81,11 @@ def generate_text(
     max_new_tokens: int,
     sampler: Sampler,
     on_text: Callable[[str], None] | None = None,
+    speculative: int = 0,
 ) -> tuple[str, GenerationStats]:
-    """Generate a completion of `prompt`, streaming decoded text pieces to on_text."""
+    """Generate a completion of `prompt`, streaming decoded text pieces to on_text.
+
+    speculative > 0 drafts that many tokens per step with the MTP heads (`runtimes.speculative`)."""
     decoder = tokenizer.stream_decoder()
     pieces: list[str] = []
 
@@ -93,8 +96,14 @@ def generate_text(
                 on_text(piece)
 
     prompt_ids = tokenizer.encode(prompt, add_bos=True)
-    _, stats = generate_ids(
-        backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, lambda token: emit(decoder.push(token))
-    )
+    on_token = lambda token: emit(decoder.push(token))  # noqa: E731
+    if speculative:
+        from omnicoder.runtimes.speculative import generate_ids_speculative
+
+        _, stats = generate_ids_speculative(
+            backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, speculative, on_token
+        )
+    else:
+        _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, on_token)
     emit(decoder.flush())
     return "".join(pieces), stats

@@ -103,6 +103,17 @@ class ContiguousKVCache:
         self._values = presents
         self._length += new_tokens
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` tokens (speculative decoding's rollback; copies the kept rows once)."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        if length < self._length:
+            self._values = {
+                name: np.ascontiguousarray((v if isinstance(v, np.ndarray) else v.numpy())[:, :, :length])
+                for name, v in self._values.items()
+            }
+            self._length = length
+
     def nbytes(self) -> int:
         """Bytes of the KV tensors held (what the graph returned: the stored, possibly quantized, form)."""
         return sum(_nbytes(value) for value in self._values.values())

@@ -153,6 +153,19 @@ class PagedKVCache:
             self._length += take
         self._enforce_budget()
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` tokens (speculative decoding's rollback). Page summaries stay valid bounds."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        while self.pages and self.pages[-1].start >= length:
+            page = self.pages.pop()
+            if page.arrays is None:
+                self.spill.release(page.slot)
+        if self.pages:
+            self._page_arrays(len(self.pages) - 1)  # a spilled tail comes back before it grows again
+            self.pages[-1].filled = length - self.pages[-1].start
+        self._length = length
+
     def nbytes(self) -> int:
         """Resident KV bytes (pages in RAM, not spilled)."""
         return sum(self.page_bytes for p in self.pages if p.arrays is not None)

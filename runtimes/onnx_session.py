@@ -78,6 +78,7 @@ class OnnxBackend:
     def __init__(self, bundle: Bundle, session: ort.InferenceSession, paging: PagingPolicy | None = None) -> None:
         self.session = session
         self.model_context = bundle.model["context_length"]
+        self.n_mtp = bundle.model["n_mtp"]
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.paging = paging
         if paging is None:
@@ -126,8 +127,9 @@ class OnnxBackend:
     def cache_length(self) -> int:
         return self.cache.length
 
-    def run(self, ids: np.ndarray, positions: np.ndarray, past: dict) -> dict:
-        """One graph call; returns logits (numpy) and presents (OrtValues keyed by past input name)."""
+    def run(self, ids: np.ndarray, positions: np.ndarray, past: dict, mtp: bool = False) -> dict:
+        """One graph call; returns logits (numpy), presents (OrtValues keyed by past input name) and, with
+        `mtp`, the MTP heads' logits."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
@@ -136,7 +138,7 @@ class OnnxBackend:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        wanted = ["logits", *self.layout.outputs, *self.query_outputs]
+        wanted = ["logits", *(["mtp_logits"] if mtp else []), *self.layout.outputs, *self.query_outputs]
         for name in wanted:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
@@ -146,7 +148,10 @@ class OnnxBackend:
             self.last_queries = {
                 key: self._in_key_space(values[q].numpy()[0, :, -1]) for q, key in self.query_outputs.items()
             }
-        return {"logits": values["logits"].numpy(), "presents": presents}
+        result = {"logits": values["logits"].numpy(), "presents": presents}
+        if mtp:
+            result["mtp_logits"] = values["mtp_logits"].numpy()
+        return result
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
         return self.step_all(ids, positions)[-1]
@@ -161,6 +166,17 @@ class OnnxBackend:
             self.cache.update(result["presents"], len(part))
             logits.append(result["logits"][0])
         return np.concatenate(logits) if len(logits) > 1 else logits[0]
+
+    def verify(self, ids: list[int], positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Speculative decoding: one call over the tokens; logits [T, V] and MTP logits [T, n_mtp, V]."""
+        if self.n_mtp == 0:
+            raise OmniCoderError("--speculative needs a model with MTP heads; this bundle has none")
+        result = self.run(np.array([ids]), np.array([positions]), self.cache.feeds(), mtp=True)
+        self.cache.update(result["presents"], len(ids))
+        return result["logits"][0], result["mtp_logits"][0]
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for whole windows [B, W] from an empty cache (teacher forcing)."""

@@ -22,6 +22,9 @@ class GenerationStats:
     decode_seconds: float = 0.0
     stop_reason: str = ""
     peak_rss_mb: float = 0.0
+    model_calls: int = 0  # speculative decoding: verify calls after the prefill
+    draft_tokens: int = 0  # speculative decoding: tokens drafted by the MTP heads
+    accepted_tokens: int = 0  # ... and accepted
 
     @property
     def prefill_tok_s(self) -> float:
@@ -38,13 +41,24 @@ class GenerationStats:
             **asdict(self),
             "prefill_tok_s": round(self.prefill_tok_s, 2),
             "decode_tok_s": round(self.decode_tok_s, 2),
+            "acceptance_rate": round(self.acceptance_rate, 4),
         }
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     def line(self) -> str:
         return (
             f"[stats] prompt tokens: {self.prompt_tokens}, generated: {self.generated_tokens} ({self.stop_reason}), "
             f"prefill: {self.prefill_tok_s:.1f} tok/s, decode: {self.decode_tok_s:.1f} tok/s, "
             f"peak RSS: {self.peak_rss_mb:.0f} MiB"
+            + (
+                f", speculative: {self.acceptance_rate:.0%} of {self.draft_tokens} drafts accepted, "
+                f"{self.generated_tokens / max(self.model_calls, 1):.2f} tokens/call"
+                if self.draft_tokens
+                else ""
+            )
         )
 
     def json(self) -> str:

@@ -14,7 +14,11 @@ from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-generate", description=__doc__)
-    p.add_argument("--model", default="default", help="'default' (the embedded model) or a model directory")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a model directory, or hf:DIR (a Hugging Face checkpoint)",
+    )
     add_sampling_args(p)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     return p
@@ -39,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    _, stats = generate_text(TorchBackend(model), tokenizer, prompt, args.max_new_tokens, sampler, on_text=write)
+    _, stats = generate_text(
+        TorchBackend(model),
+        tokenizer,
+        prompt,
+        args.max_new_tokens,
+        sampler,
+        on_text=write,
+        speculative=args.speculative,
+    )
     if sys.stdout.isatty():  # keep piped output exactly the generated text
         sys.stdout.write("\n")
     print(stats.line(), file=sys.stderr)
