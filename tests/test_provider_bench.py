@@ -257,7 +257,10 @@ def test_unavailable_providers_are_skipped(bundles, tmp_path, capsys):
     assert_one_line_error(capsys, code, "could be measured here")
 
 
-@pytest.mark.parametrize(("target", "needle"), [("coreml", "Core ML checker"), ("executorch", "ExecuTorch checker")])
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [("coreml", "no graph.coreml section"), ("executorch", "ExecuTorch checker")],
+)
 def test_targets_without_a_checker_stop_with_one_line(bundles, tmp_path, capsys, target, needle):
     path = tmp_path / "bundle"
     shutil.copytree(bundles["gqa-fp32"][2], path)
