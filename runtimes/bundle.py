@@ -142,8 +142,8 @@ def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
             if sha256_file(member) != entry["sha256"]:
                 raise OmniCoderError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was modified")
     needed = [manifest["graph"]["file"], manifest["tokenizer"]["file"], *manifest["sidecars"].values()]
-    for name in needed:
-        if name not in manifest["files"]:
+    for name in needed:  # a directory (a Core ML .mlpackage) counts when files under it are listed
+        if name not in manifest["files"] and not any(f.startswith(f"{name}/") for f in manifest["files"]):
             raise OmniCoderError(f"manifest.json refers to {name}, which is not in its file list; re-export")
     bundle = Bundle(root, manifest)
     for kind in manifest["sidecars"]:

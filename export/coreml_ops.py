@@ -1,0 +1,209 @@
+"""Core ML attention: the `omnicoder_coreml::mla` custom op, its coremltools lowering, and the KV-cache forms.
+
+- `omnicoder_coreml::mla` (q, rows, mask, latent_dim, scale) is MLA's absorbed attention over the latent rows
+  (one shared KV "head", V = rows[..., :latent_dim]). Its eager implementation is the composite `mla_composite`
+  (standard aten ops ending in `F.scaled_dot_product_attention`). `register_lowerings()` adds a coremltools
+  torch-frontend op that maps it natively onto one iOS18 MIL `scaled_dot_product_attention`; with `native=False`
+  the exporter decomposes it with `mla_composite` instead (the fallback, which coremltools also turns into SDPA).
+- GQA layers call `grouped_sdpa`: the query heads of each KV head become extra query rows, so MIL's SDPA (which
+  needs equal batch/head dims and takes no `scale`) runs once per layer without copying K/V.
+- `StateSlot` (stateful models) writes a layer's new keys into the stacked `keyCache` / `valueCache` buffers at
+  slots [end - T, end) and attends over slots [0, end); `stream_attention()` swaps `ops.cached_attention` /
+  `ops.latent_attention` while a KV-in/KV-out graph is traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from omnicoder import ops
+from omnicoder.static_kv import StaticKVSlot
+
+MASKED = -30000.0  # additive mask value: large enough for softmax, safe in fp16 (coremltools uses the same)
+
+
+# ---- the MLA custom op -------------------------------------------------------------------------------
+
+
+def mla_composite(q: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, latent_dim: int, scale: float):
+    """q [B, H, T, E], rows [B, 1, S, E], additive mask [T, S] -> [B, H, T, latent_dim] (V = rows[..., :latent])."""
+    b, h, t, e = q.shape
+    queries = (q * (scale * math.sqrt(e))).reshape(b, 1, h * t, e)  # every head attends the one latent head
+    out = F.scaled_dot_product_attention(queries, rows, rows[..., :latent_dim], attn_mask=mask.repeat(h, 1))
+    return out.unflatten(2, (h, t)).flatten(1, 2)
+
+
+@torch.library.custom_op("omnicoder_coreml::mla", mutates_args=())
+def mla(q: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, latent_dim: int, scale: float) -> torch.Tensor:
+    return mla_composite(q, rows, mask, latent_dim, scale)
+
+
+@mla.register_fake
+def _(q, rows, mask, latent_dim, scale):
+    return q.new_empty(*q.shape[:3], latent_dim)
+
+
+def mla_decompositions() -> dict:
+    """The fallback: a decomposition table that replaces the custom op by its composite form."""
+    return {torch.ops.omnicoder_coreml.mla.default: mla_composite}
+
+
+_LOWERINGS_REGISTERED = False
+
+
+def register_lowerings() -> None:
+    """Teach coremltools' torch frontend the two custom ops the Core ML export emits.
+
+    - `omnicoder_coreml::mla` -> one MIL `scaled_dot_product_attention` (all heads as query rows of the one latent
+      KV head; the scale folded into the query, since the MIL op always uses 1/sqrt(E)).
+    - `omnicoder::quant_linear` (`ops.export_mode`) -> `constexpr_blockwise_shift_scale` (the model's own int4 codes
+      and per-block scales, in fp16) feeding `linear`: the codes PyTorch and the other targets use, rounded once.
+    """
+    global _LOWERINGS_REGISTERED
+    if _LOWERINGS_REGISTERED:
+        return
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+    from coremltools.converters.mil.frontend._utils import _decompose_scaled_dot_product_attention
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.block import is_current_opset_version_compatible_with
+    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+
+    def omnicoder_coreml_mla(context, node):
+        q, rows, mask, latent_dim, scale = _get_inputs(context, node, expected=5)
+        b, h, _, e = q.shape
+        if any(is_symbolic(d) for d in (b, h, e)):
+            raise ValueError("omnicoder_coreml::mla needs static batch, head and width dims")
+        latent = int(latent_dim.val)
+        queries = mb.mul(x=q, y=float(scale.val) * math.sqrt(e))
+        queries = mb.reshape(x=queries, shape=[b, 1, -1, e])
+        values = mb.slice_by_index(
+            x=rows, begin=[0, 0, 0, 0], end=[0, 0, 0, latent], end_mask=[True, True, True, False]
+        )
+        mask = mb.tile(x=mask, reps=[h, 1])
+        if is_current_opset_version_compatible_with(AvailableTarget.iOS18):
+            out = mb.scaled_dot_product_attention(query=queries, key=rows, value=values, attn_mask=mask)
+        else:  # iOS17 has no SDPA op: coremltools' own decomposition (matmul, softmax, matmul)
+            out = _decompose_scaled_dot_product_attention(queries, rows, values, mask, node.name + "_sdpa")
+        context.add(mb.reshape(x=out, shape=[b, h, -1, latent], name=node.name))
+
+    def omnicoder_quant_linear(context, node):
+        x, qweight, scales, bits = _get_inputs(context, node, expected=4)
+        if qweight.val is None or scales.val is None:
+            raise ValueError("omnicoder::quant_linear needs constant weights")
+        dtype = {4: types.int4, 8: types.int8}[int(bits.val)]
+        codes = qweight.val.astype(np.int8).astype(types.nptype_from_builtin(dtype))
+        weight = mb.constexpr_blockwise_shift_scale(
+            data=codes, scale=scales.val.astype(np.float16), name=node.name + "_weight"
+        )
+        if x.dtype != types.fp16:
+            x = mb.cast(x=x, dtype="fp16")
+        context.add(mb.cast(x=mb.linear(x=x, weight=weight), dtype="fp32", name=node.name))
+
+    register_torch_op(omnicoder_coreml_mla, torch_alias=["omnicoder_coreml::mla", "omnicoder_coreml.mla"])
+    register_torch_op(omnicoder_quant_linear, torch_alias=["omnicoder::quant_linear", "omnicoder.quant_linear"])
+    _LOWERINGS_REGISTERED = True
+
+
+# ---- masks and GQA -------------------------------------------------------------------------------------
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """0 where allowed, MASKED elsewhere (arithmetic: coremltools types `where(cond, scalar, scalar)` as a scalar)."""
+    return (1.0 - allowed.to(torch.float32)) * MASKED
+
+
+def causal_allowed(q_pos: torch.Tensor, n_slots, window: int) -> torch.Tensor:
+    """[T, S] bool: the query at cache slot q_pos[t] sees slots 0..q_pos[t] (the last `window` when > 0)."""
+    slots = torch.arange(n_slots).unsqueeze(0)
+    pos = q_pos.unsqueeze(1)
+    allowed = slots <= pos
+    if window > 0:
+        allowed = allowed & (pos - slots < window)
+    return allowed
+
+
+def grouped_sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):
+    """GQA attention as one SDPA: q [B, Hq, T, D] over keys/values [B, Hkv, S, D*] with additive mask [T, S]."""
+    _, hq, t, d = q.shape
+    group = hq // keys.shape[1]
+    if not math.isclose(scale * math.sqrt(d), 1.0):
+        q = q * (scale * math.sqrt(d))  # the MIL op has no scale argument: fold it into the query
+    queries = q.unflatten(1, (keys.shape[1], group)).flatten(2, 3)  # [B, Hkv, G*T, D], no K/V copies
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask.repeat(group, 1))
+    return out.unflatten(2, (group, t)).flatten(1, 2)
+
+
+# ---- stateful cache (keyCache / valueCache) ---------------------------------------------------------
+
+
+class StateSlot(StaticKVSlot):
+    """One layer's view of the stacked state buffers [L, B, H, S, D]; the step's tokens fill slots [end - T, end)."""
+
+    def __init__(
+        self,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor | None,
+        layer: int,
+        input_pos: torch.Tensor,
+        end,
+        extra_mask: torch.Tensor,
+    ) -> None:
+        super().__init__(key_cache, value_cache, input_pos)
+        self.layer, self.end, self.extra_mask = layer, end, extra_mask
+
+    def mask(self, window: int) -> torch.Tensor:
+        """[T, end] additive: causal by position, plus the caller's causalMask."""
+        return additive_mask(causal_allowed(self.input_pos, self.end, window)) + self.extra_mask
+
+    def update(self, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        cache[self.layer, :, :, self.end - new.shape[2] : self.end] = new
+        return cache[self.layer, :, :, : self.end]
+
+    def sdpa(self, q, k, v, scale: float, window: int) -> torch.Tensor:
+        return grouped_sdpa(q, k, v, self.mask(window), scale)
+
+    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+        rows = self.update(self.key, row)
+        return torch.ops.omnicoder_coreml.mla(q, rows, self.mask(window), latent_dim, scale), rows
+
+
+# ---- KV-in / KV-out graphs -----------------------------------------------------------------------------
+
+
+def _cat(past: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    return new if past is None or past.shape[2] == 0 else torch.cat((past, new), dim=2)
+
+
+def _stream_mask(t: int, total, window: int) -> torch.Tensor:
+    return additive_mask(causal_allowed(torch.arange(t) + (total - t), total, window))
+
+
+def _stream_cached_attention(q, k, v, past_k, past_v, scale: float, window: int = 0):
+    keys, values = _cat(past_k, k), _cat(past_v, v)
+    return grouped_sdpa(q, keys, values, _stream_mask(q.shape[2], keys.shape[2], window), scale), keys, values
+
+
+def _stream_latent_attention(q, row, past_rows, latent_dim: int, scale: float, window: int = 0):
+    rows = _cat(past_rows, row)
+    mask = _stream_mask(q.shape[2], rows.shape[2], window)
+    return torch.ops.omnicoder_coreml.mla(q, rows, mask, latent_dim, scale), rows
+
+
+@contextlib.contextmanager
+def stream_attention() -> Iterator[None]:
+    """While tracing a KV-in/KV-out graph, route the attention boundaries to the Core ML forms above."""
+    saved = ops.cached_attention, ops.latent_attention
+    ops.cached_attention, ops.latent_attention = _stream_cached_attention, _stream_latent_attention
+    try:
+        yield
+    finally:
+        ops.cached_attention, ops.latent_attention = saved
