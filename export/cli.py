@@ -23,7 +23,11 @@ TARGETS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-export", description=__doc__)
     p.add_argument("--target", default="onnx", choices=tuple(TARGETS))
-    p.add_argument("--model", default="default", help="'default' (the embedded model) or a model directory")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a model directory, or hf:DIR (a Hugging Face checkpoint)",
+    )
     p.add_argument(
         "--weights",
         default=None,

@@ -19,6 +19,7 @@ from omnicoder.export.bundle_writer import (
     kv_contract,
     write_common_files,
 )
+from omnicoder.export.genai_config import write_genai_config
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
@@ -30,6 +31,9 @@ from omnicoder.fsutil import atomic_directory
 from omnicoder.kv_quant import DEFAULT_ROTATION, KVQuantSpec
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
+# Above this vocabulary the LM head is most of the bytes read per token (a 32k x 768 head is 98 MB in fp32), so
+# int4/int8 quantize it too; the embedding stays fp32 (a gather reads one row). Byte vocabularies keep it fp32.
+QUANTIZED_HEAD_MIN_VOCAB = 1024
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
 
 
@@ -140,9 +144,15 @@ def export_onnx_bundle(
     parameters = model.num_parameters()
     stages = tqdm(total=5, desc="export onnx", unit="stage")
     quantized = 0
+    quantized_head = options.weights in ("int4", "int8") and config.vocab_size > QUANTIZED_HEAD_MIN_VOCAB
+    if quantized_head:
+        head_precision = f"{options.weights} (a quantized copy; the embedding stays fp32)"
+    else:
+        head_precision = "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32"
     if options.weights in ("int4", "int8"):
         stages.set_postfix_str(f"quantize {options.weights}")
-        quantized = len(quantize_linears(model, options.weights))
+        skip = ("retention_head",) if quantized_head else ("lm_head", "retention_head")
+        quantized = len(quantize_linears(model, options.weights, skip=skip))
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad():
         stages.set_postfix_str("torch.export + ONNX conversion")
@@ -163,6 +173,7 @@ def export_onnx_bundle(
         big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
         sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len, spec)
+        genai_notes = write_genai_config(tmp, config, _tensor_specs(proto.graph.input), sidecars, tokenizer_json)
         stages.update(1)
         attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
         precision = {
@@ -171,7 +182,7 @@ def export_onnx_bundle(
             "block_size": 32 if options.weights == "int4" else None,
             "kv": options.kv,
             "embedding": "fp32",
-            "lm_head": "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32",
+            "lm_head": head_precision,
             "quantized_layers": quantized,
         }
         graph = {
@@ -181,7 +192,7 @@ def export_onnx_bundle(
             "inputs": _tensor_specs(proto.graph.input),
             "outputs": _tensor_specs(proto.graph.output),
             "kv": kv_contract(config, spec),
-            "constraints": graph_constraints(options),
+            "constraints": graph_constraints(options) + genai_notes,
         }
         manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
         manifest = finalize_bundle(tmp, manifest)

@@ -23,7 +23,8 @@ class RopeScaling:
     - none: plain RoPE.
     - linear: positions divided by `factor` (position interpolation).
     - yarn: NTK-by-parts interpolation between `beta_fast` and `beta_slow` rotations, plus the
-      attention temperature `0.1 * ln(factor) + 1` (YaRN, Peng et al. 2023).
+      attention temperature `0.1 * ln(factor) + 1` (YaRN, Peng et al. 2023), or `attention_factor` when > 0
+      (Hugging Face configs may set it explicitly, or imply it through mscale / mscale_all_dim).
     - llama3: Llama 3.1's frequency-banded scaling (`low_freq_factor`, `high_freq_factor`).
     """
 
@@ -34,6 +35,7 @@ class RopeScaling:
     beta_slow: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
+    attention_factor: float = 0.0
 
     def validate(self) -> None:
         if self.type not in ROPE_SCALING_TYPES:
@@ -42,6 +44,10 @@ class RopeScaling:
             )
         if self.factor < 1.0:
             raise OmniCoderError(f"rope_scaling.factor must be >= 1, got {self.factor}")
+        if self.attention_factor < 0:
+            raise OmniCoderError(
+                f"rope_scaling.attention_factor must be >= 0 (0: derived), got {self.attention_factor}"
+            )
         if self.type != "none" and self.type != "linear" and self.original_max_position_embeddings <= 0:
             raise OmniCoderError(f"rope_scaling.type {self.type!r} needs original_max_position_embeddings > 0")
 

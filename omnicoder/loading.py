@@ -1,4 +1,6 @@
-"""Load a model together with its tokenizer (byte models use the byte tokenizer; others their tokenizer.json)."""
+"""Load a model together with its tokenizer: `default`, a model directory, or `hf:DIR` (a Hugging Face
+checkpoint of the Llama family, converted on load by `omnicoder.hf_import`). Byte models use the byte
+tokenizer; others their tokenizer.json."""
 
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from omnicoder.weights import load_model
 
 
 def load_model_and_tokenizer(name: str | Path) -> tuple[OmniCoder, Tokenizer]:
+    from omnicoder.hf_import import is_hf_name, load_hf_model_and_tokenizer
+
+    if is_hf_name(name):
+        return load_hf_model_and_tokenizer(name)
     model = load_model(name)
     c = model.config
     if c.tokenizer == "byte":

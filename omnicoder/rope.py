@@ -26,7 +26,7 @@ def _yarn_inv_freq(base: float, dim: int, s: RopeScaling) -> tuple[torch.Tensor,
     ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
     extrapolate = 1 - ramp  # 1 where rotations are fast (keep), 0 where slow (interpolate)
     inv_freq = (1 / (s.factor * pos_freqs)) * (1 - extrapolate) + (1 / pos_freqs) * extrapolate
-    return inv_freq, 0.1 * math.log(s.factor) + 1.0
+    return inv_freq, s.attention_factor or 0.1 * math.log(s.factor) + 1.0
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:

@@ -12,7 +12,9 @@ from omnicoder.errors import OmniCoderError, cli_main
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-eval", description=__doc__)
-    p.add_argument("--model", default="default", help="'default' or a model directory")
+    p.add_argument(
+        "--model", default="default", help="'default', a model directory, or hf:DIR (a Hugging Face checkpoint)"
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--files", nargs="+", help="files to score")
     src.add_argument("--heldout", action="store_true", help="score the default corpus' held-out split")
@@ -35,6 +37,20 @@ def truncate(docs: list[bytes], max_bytes: int) -> list[bytes]:
     return out
 
 
+def subword_bits_per_byte(model, tokenizer, docs: list[bytes], window: int | None) -> dict:
+    """A subword model's bits per byte: the bits of each document's tokens (scored from BOS) over its bytes.
+
+    The shared scorer reads a document as a sequence of ids, so token id lists go through it unchanged.
+    """
+    from omnicoder.evaluate import bits_per_byte
+
+    token_docs = [tokenizer.encode(doc.decode("utf-8", errors="replace")) for doc in docs]
+    scored = bits_per_byte(model, token_docs, window=window, batch_size=1, progress=True)  # per token
+    n_bytes = sum(len(doc) for doc in docs)
+    bits = scored["bits_per_byte"] * scored["bytes"]
+    return {"bits_per_byte": bits / max(n_bytes, 1), "bytes": n_bytes, "tokens": scored["bytes"]}
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -50,16 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from omnicoder.evaluate import bits_per_byte, compressor_bits_per_byte
-    from omnicoder.weights import load_model
+    from omnicoder.loading import load_model_and_tokenizer
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    if model.config.tokenizer != "byte":
-        raise OmniCoderError("omnicoder-eval scores byte-level models; this model has a subword tokenizer")
+    model, tokenizer = load_model_and_tokenizer(args.model)
     if args.window > model.config.max_seq_len:
         raise OmniCoderError(f"--window {args.window} exceeds the model's context {model.config.max_seq_len}")
-    result = bits_per_byte(model, docs, window=args.window or None, progress=True)
+    if model.config.tokenizer == "byte":
+        result = bits_per_byte(model, docs, window=args.window or None, progress=True)
+    else:
+        result = subword_bits_per_byte(model, tokenizer, docs, args.window or None)
     result.update(compressor_bits_per_byte(docs))
     result["files"] = len(docs)
     print(f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes in {len(docs)} file(s)")
