@@ -16,6 +16,15 @@ from omnicoder.kv_quant import KVQuantSpec
 
 DEFAULT_PAGE_LEN = 64
 PAGING_SIDECAR = "model.kv_paging.json"
+RETENTION_SIDECAR = "model.retention.json"
+# defaults of the retention sidecar (measured in docs/benchmarks.md: benchmarks/retention_quality.py)
+RETENTION_DEFAULTS = {
+    "sink_tokens": 4,
+    "recent_fraction": 0.75,
+    "budget_fraction": 0.25,
+    "compress": "nf4",
+    "group": 16,
+}
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -105,12 +114,43 @@ def paging_sidecar(config: OmniCoderConfig, page_len: int, spec: KVQuantSpec | N
 
 
 def write_common_files(
-    directory: Path, tokenizer_json: str, config: OmniCoderConfig, page_len: int, spec: KVQuantSpec | None = None
+    directory: Path,
+    tokenizer_json: str,
+    config: OmniCoderConfig,
+    page_len: int,
+    spec: KVQuantSpec | None = None,
+    training: dict | None = None,
 ) -> dict:
     """Write tokenizer.json and the paging sidecar; return the manifest's `sidecars` section."""
     (directory / TOKENIZER_FILE).write_text(tokenizer_json)
     (directory / PAGING_SIDECAR).write_text(json.dumps(paging_sidecar(config, page_len, spec), indent=2))
-    return {"kv_paging": PAGING_SIDECAR}
+    sidecars = {"kv_paging": PAGING_SIDECAR}
+    if config.retention_head:
+        (directory / RETENTION_SIDECAR).write_text(json.dumps(retention_sidecar(config, training), indent=2))
+        sidecars["retention"] = RETENTION_SIDECAR
+    return sidecars
+
+
+def retention_sidecar(config: OmniCoderConfig, training: dict | None = None) -> dict:
+    """How a runtime applies the retention head (runtimes/kv_retention.py), with a default budget."""
+    d = RETENTION_DEFAULTS
+    fp32_token = kv_bytes_per_token_per_layer(config) * config.n_layers
+    nf4_token = kv_bytes_per_token_per_layer(config, KVQuantSpec("nf4", d["group"])) * config.n_layers
+    sidecar = {
+        "output": "retention",
+        "classes": ["keep", "compress", "drop"],
+        "score": "logit(keep) - logit(drop)",
+        "class_rule": "argmax",
+        "sink_tokens": d["sink_tokens"],
+        "recent_window": int(d["recent_fraction"] * d["budget_fraction"] * config.max_seq_len),
+        "recent_fraction": d["recent_fraction"],
+        "compress": {"dtype": d["compress"], "group": d["group"], "bytes_per_token": nf4_token},
+        "budget_fraction": d["budget_fraction"],
+        "budget_bytes": int(d["budget_fraction"] * config.max_seq_len * fp32_token),
+    }
+    if training:
+        sidecar["training"] = training
+    return sidecar
 
 
 def common_manifest(

@@ -10,8 +10,11 @@ import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
+from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
 
 from omnicoder.errors import OmniCoderError
+
+RETENTION_CHUNK = 8  # tokens per call under a retention budget (the policy acts between calls)
 
 
 def session_options(
@@ -75,13 +78,27 @@ class OnnxBackend:
     with a window generation may run past the model's context (positions stay absolute).
     """
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession, paging: PagingPolicy | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        session: ort.InferenceSession,
+        paging: PagingPolicy | None = None,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
         self.session = session
         self.model_context = bundle.model["context_length"]
         self.n_mtp = bundle.model["n_mtp"]
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.paging = paging
-        if paging is None:
+        self.retention = retention
+        if retention is not None:
+            if paging is not None:
+                raise OmniCoderError("--retention and KV paging flags are exclusive; pick one")
+            if retention.policy == "learned" and not bundle.model["retention_head"]:
+                raise OmniCoderError("--retention learned needs a model with a retention head; use streaming or h2o")
+            self.context_length = 2**62  # positions stay absolute; the budget bounds what is attended
+            self.cache = RetentionKVCache(self.layout, retention, query_scale(bundle.model))
+        elif paging is None:
             self.context_length = self.model_context
             self.cache = ContiguousKVCache(self.layout, to_device=ort.OrtValue.ortvalue_from_numpy)
         else:
@@ -101,6 +118,8 @@ class OnnxBackend:
                 raise OmniCoderError("--predicted-pages needs a bundle whose graph outputs queries; re-export it")
             keys = [names[0] for names in self.layout.key_slots]
             self.query_outputs = {kv["query"].format(layer=i): key for i, key in enumerate(keys)}
+        if retention is not None and retention.policy == "h2o":
+            self.query_outputs = {kv["query"].format(layer=i): i for i in range(bundle.model["n_layers"])}
         self.last_queries: dict[str, np.ndarray] = {}
         self.output_names = [o.name for o in session.get_outputs()]
         self._present_to_past = dict(zip(self.layout.outputs, self.layout.inputs, strict=True))
@@ -138,13 +157,17 @@ class OnnxBackend:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        wanted = ["logits", *(["mtp_logits"] if mtp else []), *self.layout.outputs, *self.query_outputs]
+        signals = ["retention"] if getattr(self.cache, "wants_retention", False) else []
+        wanted = ["logits", *(["mtp_logits"] if mtp else []), *signals, *self.layout.outputs, *self.query_outputs]
         for name in wanted:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         values = dict(zip(wanted, binding.get_outputs(), strict=True))
         presents = {self._present_to_past[name]: values[name] for name in self.layout.outputs}
-        if self.query_outputs:
+        if self.retention is not None:  # retention signals go to the cache before it takes the new rows
+            queries = {i: values[q].numpy()[0] for q, i in self.query_outputs.items()} or None
+            self.cache.observe(values["retention"].numpy()[0] if signals else None, queries)
+        elif self.query_outputs:
             self.last_queries = {
                 key: self._in_key_space(values[q].numpy()[0, :, -1]) for q, key in self.query_outputs.items()
             }
@@ -159,6 +182,8 @@ class OnnxBackend:
     def step_all(self, ids: list[int], positions: list[int]) -> np.ndarray:
         """Like step, but the logits of every one of the tokens [T, V] (teacher forcing through the cache)."""
         chunk = len(ids) if self.paging is None else self.paging.page_len
+        if self.retention is not None:
+            chunk = RETENTION_CHUNK
         logits = []
         for start in range(0, len(ids), chunk):
             part, where = ids[start : start + chunk], positions[start : start + chunk]

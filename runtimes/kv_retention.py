@@ -1,0 +1,208 @@
+"""A token-level KV cache under a memory budget: learned retention, StreamingLLM and H2O. Torch-free (numpy).
+
+Behind the runtimes' KV-cache interface (`feeds` / `update` / `length` / `reset` / `nbytes` / `truncate`), the
+cache holds one row per token and keeps its resident bytes under `budget_bytes`. The first `sink_tokens` and the
+last `recent_window` tokens (default: 3/4 of what the budget holds) are always kept; when over budget, the
+lowest-ranked other token is handled:
+
+- `learned` (the model's retention head, `model.retention.json`): rank by logit(keep) - logit(drop); a token
+  whose class is not "drop" is first *compressed* (its rows stored as NF4, `compress_bytes_per_token`), and
+  only an already compressed or "drop" token is evicted.
+- `streaming` (StreamingLLM, Xiao et al. 2023): the oldest goes (sinks + recent window).
+- `h2o` (Zhang et al. 2023): rank by the attention the token has accumulated so far, computed from the
+  graph's query outputs against the cached keys.
+
+Positions stay absolute: the runner passes each token's true position, so eviction never shifts RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from omnicoder.runtimes.kv_cache import KVLayout
+from omnicoder.runtimes.kv_quant import NF4_LEVELS
+
+from omnicoder.errors import OmniCoderError
+
+POLICIES = ("learned", "streaming", "h2o")
+
+
+@dataclass
+class RetentionPolicy:
+    budget_bytes: int
+    policy: str = "learned"
+    sink_tokens: int = 4
+    recent_window: int = 0  # 0: recent_fraction of the tokens the budget holds in full precision
+    compress_group: int = 16
+    compress: str = "nf4"  # how a compressed token's rows are stored: nf4 | u8 | none (evict instead)
+    recent_fraction: float = 0.75
+
+    def validate(self) -> RetentionPolicy:
+        if self.policy not in POLICIES:
+            raise OmniCoderError(f"--retention {self.policy} is unknown; use one of {', '.join(POLICIES)}")
+        if self.budget_bytes <= 0 or self.sink_tokens < 0 or self.recent_window < 0:
+            raise OmniCoderError("retention needs a KV budget > 0, sink tokens >= 0 and a recent window >= 0")
+        if self.compress not in ("nf4", "u8", "none"):
+            raise OmniCoderError(f"retention compress {self.compress} is unknown; use nf4, u8 or none")
+        return self
+
+
+def u8_round_trip(rows: np.ndarray, group: int) -> np.ndarray:
+    """Rows [..., W] through u8 storage (per-token groups, fp16 scale and minimum) and back."""
+    width = rows.shape[-1]
+    g = _group(width, group)
+    grouped = rows.reshape(*rows.shape[:-1], width // g, g)
+    low = grouped.min(-1, keepdims=True).astype(np.float16).astype(np.float32)
+    scale = np.maximum((grouped.max(-1, keepdims=True) - grouped.min(-1, keepdims=True)) / 255, 1e-6)
+    scale = scale.astype(np.float16).astype(np.float32)
+    codes = np.clip(np.round((grouped - low) / scale), 0, 255)
+    return (codes * scale + low).reshape(rows.shape).astype(rows.dtype)
+
+
+def nf4_round_trip(rows: np.ndarray, group: int) -> np.ndarray:
+    """Rows [..., W] through NF4 storage (absmax per group) and back, as omnicoder.kv_quant stores them."""
+    width = rows.shape[-1]
+    g = group
+    while g > 1 and width % g:
+        g //= 2
+    grouped = rows.reshape(*rows.shape[:-1], width // g, g)
+    scale = np.maximum(np.abs(grouped).max(-1, keepdims=True), 1e-6).astype(np.float16).astype(np.float32)
+    midpoints = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
+    index = np.searchsorted(midpoints, grouped / scale, side="left")
+    return (NF4_LEVELS[index] * scale).reshape(rows.shape).astype(rows.dtype)
+
+
+class RetentionKVCache:
+    """Per-token KV rows with budgeted eviction (see the module docstring)."""
+
+    def __init__(self, layout: KVLayout, policy: RetentionPolicy, query_scale: float = 1.0) -> None:
+        if layout.kv_dtype != "fp32":
+            raise OmniCoderError("retention runs on bundles with fp32 KV (it compresses rows itself); re-export")
+        self.layout, self.policy, self.query_scale = layout, policy.validate(), query_scale
+        self.wants_retention = policy.policy == "learned"
+        self.wants_queries = policy.policy == "h2o"
+        self.token_bytes = layout.bytes_per_token()
+        full_tokens = policy.budget_bytes / self.token_bytes
+        self.recent = policy.recent_window or max(1, int(policy.recent_fraction * full_tokens))
+        widths = dict(zip(layout.inputs, layout.widths, strict=True))
+        per_row = {
+            "u8": lambda w: w + 4 * (w // _group(w, policy.compress_group)),
+            "nf4": lambda w: w // 2 + 2 * (w // _group(w, policy.compress_group)),
+            "none": lambda w: 4 * w,
+        }[policy.compress]
+        self.compress_bytes = sum(layout.heads * per_row(w) for w in widths.values())
+        self.reset()
+
+    # -- interface -------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.rows = {name: np.zeros((self.layout.heads, 0, w), np.float32) for name, w in self._widths()}
+        self.positions = np.zeros(0, np.int64)  # cache-order index of each held token
+        self.score = np.zeros(0)
+        self.klass = np.zeros(0, np.int64)  # retention class: 0 keep, 1 compress, 2 drop
+        self.compressed = np.zeros(0, bool)
+        self._length = 0
+        self._pending_retention: np.ndarray | None = None
+        self.evicted = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {name: rows[None] for name, rows in self.rows.items()}
+
+    def observe(self, retention: np.ndarray | None = None, queries: dict[int, np.ndarray] | None = None) -> None:
+        """Per-step signals from the graph: retention logits [T, 3] of the new tokens; queries by layer [Hq, T, W]."""
+        self._pending_retention = retention
+        if queries is not None and len(self.positions):
+            self._accumulate_attention(queries)
+
+    def update(self, presents: dict, new_tokens: int) -> None:
+        for name, value in presents.items():
+            array = value if isinstance(value, np.ndarray) else value.numpy()
+            self.rows[name] = np.concatenate((self.rows[name], array[0, :, -new_tokens:]), axis=1)
+        self.positions = np.concatenate((self.positions, np.arange(self._length, self._length + new_tokens)))
+        if self._pending_retention is not None:
+            logits = self._pending_retention[-new_tokens:]
+            score, klass = logits[:, 0] - logits[:, 2], logits.argmax(-1)
+        else:
+            score, klass = np.zeros(new_tokens), np.zeros(new_tokens, np.int64)
+        self.score = np.concatenate((self.score, score if self.policy.policy == "learned" else np.zeros(new_tokens)))
+        self.klass = np.concatenate((self.klass, klass))
+        self.compressed = np.concatenate((self.compressed, np.zeros(new_tokens, bool)))
+        self._length += new_tokens
+        self._pending_retention = None
+        self._enforce_budget()
+
+    def truncate(self, length: int) -> None:
+        keep = self.positions < length
+        self._select(keep)
+        self._length = length
+
+    def nbytes(self) -> int:
+        """Resident bytes as stored: full rows plus NF4 rows for compressed tokens."""
+        n_compressed = int(self.compressed.sum())
+        return (len(self.positions) - n_compressed) * self.token_bytes + n_compressed * self.compress_bytes
+
+    # -- policy ----------------------------------------------------------------------------------------
+    def _widths(self):
+        return zip(self.layout.inputs, self.layout.widths, strict=True)
+
+    def _candidates(self) -> np.ndarray:
+        protected = (self.positions < self.policy.sink_tokens) | (self.positions >= self._length - self.recent)
+        return np.flatnonzero(~protected)
+
+    def _enforce_budget(self) -> None:
+        while self.nbytes() > self.policy.budget_bytes:
+            candidates = self._candidates()
+            if not len(candidates):
+                raise OmniCoderError(
+                    f"a KV budget of {self.policy.budget_bytes} bytes cannot hold the {self.policy.sink_tokens} sink "
+                    f"and {self.recent} recent tokens; raise the budget or shrink the window"
+                )
+            rank = self.positions[candidates] if self.policy.policy == "streaming" else self.score[candidates]
+            if self.policy.policy == "learned" and self.policy.compress != "none":
+                fresh = candidates[(~self.compressed[candidates]) & (self.klass[candidates] != 2)]
+                if len(fresh):  # compress the lowest-ranked token that the head does not want dropped
+                    victim = fresh[int(np.argmin(self.score[fresh]))]
+                    round_trip = u8_round_trip if self.policy.compress == "u8" else nf4_round_trip
+                    for rows in self.rows.values():
+                        rows[:, victim] = round_trip(rows[:, victim], self.policy.compress_group)
+                    self.compressed[victim] = True
+                    continue
+            victim = candidates[int(np.argmin(rank))]
+            keep = np.ones(len(self.positions), bool)
+            keep[victim] = False
+            self._select(keep)
+            self.evicted += 1
+
+    def _select(self, keep: np.ndarray) -> None:
+        self.rows = {name: rows[:, keep] for name, rows in self.rows.items()}
+        self.positions, self.score = self.positions[keep], self.score[keep]
+        self.klass, self.compressed = self.klass[keep], self.compressed[keep]
+
+    def _accumulate_attention(self, queries: dict[int, np.ndarray]) -> None:
+        """H2O: add each held token's attention probability from the new queries (all layers and heads)."""
+        for layer, q in queries.items():
+            keys = self.rows[self.layout.key_slots[layer][0]]  # [Hkv, n, W]
+            hq = q.shape[0]
+            grouped = q.reshape(keys.shape[0], hq // keys.shape[0], *q.shape[1:])  # [Hkv, g, T, W]
+            logits = np.einsum("hgtw,hnw->hgtn", grouped, keys) * self.query_scale
+            logits -= logits.max(-1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(-1, keepdims=True)
+            self.score += probs.sum((0, 1, 2))
+
+
+def _group(width: int, group: int) -> int:
+    while group > 1 and width % group:
+        group //= 2
+    return group
+
+
+def query_scale(model: dict) -> float:
+    """The attention scale of the graph's query outputs against the cached keys."""
+    width = model["head_dim"] + (model["rope_head_dim"] if model["attention"] == "mla" else 0)
+    return 1.0 / math.sqrt(width)
