@@ -1,0 +1,204 @@
+"""An ExecuTorch program (a bundle's model.pte) as a backend for the shared decode loop and scorer.
+
+- `--kv buffer` bundles (`ExecuTorchBufferBackend`): the KV cache lives inside the program; each call passes
+  the tokens and the absolute position of the first one (`input_pos`), ExecuTorch's LLM convention. A reset
+  only rewinds the position: attention never reads cache slots at or after the current position, so old
+  entries are overwritten before they can be seen (no buffer zeroing or method reload needed).
+- `--kv io` bundles (`ExecuTorchIOBackend`): past/present KV tensors like the ONNX graph, so the runtimes'
+  KV-cache interface (contiguous or paged, windowed, predicted pages, speculative rollback) drives it: it is
+  `OnnxBackend` over `ExecuTorchSession`, which answers the few onnxruntime session calls OnnxBackend makes.
+
+The ExecuTorch Python runtime itself loads torch (accepted for this runner only); this module imports it,
+and executorch, lazily inside functions, so importing it stays torch-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from omnicoder.runtimes.bundle import Bundle
+from omnicoder.runtimes.kv_paging import PagingPolicy
+from omnicoder.runtimes.onnx_session import OnnxBackend
+
+from omnicoder.errors import OmniCoderError
+
+
+def executorch_section(bundle: Bundle) -> dict:
+    if bundle.manifest["target"] != "executorch":
+        raise OmniCoderError(
+            f"{bundle.path} is a {bundle.manifest['target']} bundle; this runner needs an executorch bundle"
+        )
+    return bundle.graph["executorch"]
+
+
+def load_method(bundle: Bundle, threads: int = 0, method: str = "forward"):
+    """Load the bundle's program with ExecuTorch's Python runtime (+ its llama:: custom-op kernels)."""
+    executorch_section(bundle)
+    try:
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers llama:: kernels)
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise OmniCoderError(
+            f"this runner needs the ExecuTorch runtime ({exc.name}); pip install 'omnicoder[executorch]'"
+        ) from None
+    if threads < 0:
+        raise OmniCoderError(f"--threads must be >= 0, got {threads}")
+    if threads > 0:
+        _unsafe_reset_threadpool(threads)
+    try:
+        program = Runtime.get().load_program(str(bundle.file(bundle.graph["file"])))
+        loaded = program.load_method(method)
+    except RuntimeError as exc:
+        raise OmniCoderError(f"ExecuTorch cannot load {bundle.graph['file']}: {str(exc).splitlines()[0]}") from None
+    if loaded is None:
+        raise OmniCoderError(f"{bundle.graph['file']} has no method {method!r}; re-export the bundle")
+    return loaded
+
+
+def _tensor(array: np.ndarray):
+    """numpy -> torch, copying only when needed; empty arrays get fresh tensors (ExecuTorch rejects numpy's 0
+    strides)."""
+    import torch
+
+    if array.size == 0:
+        return torch.zeros(array.shape, dtype=torch.from_numpy(np.zeros(0, array.dtype)).dtype)
+    return torch.from_numpy(np.require(array, requirements=("C_CONTIGUOUS", "WRITEABLE")))
+
+
+class ExecuTorchBufferBackend:
+    """Batch-1 steps through a program whose KV cache is its own mutable buffers."""
+
+    paging = None
+
+    def __init__(self, bundle: Bundle, method) -> None:
+        section = executorch_section(bundle)
+        if section["kv_mode"] != "buffer":
+            raise OmniCoderError("internal: ExecuTorchBufferBackend needs a --kv buffer bundle")
+        self.method = method
+        self.context_length = section["max_seq_len"]
+        self._length = 0
+
+    def reset(self) -> None:
+        self._length = 0
+
+    @property
+    def cache_length(self) -> int:
+        return self._length
+
+    def run(self, ids: list[int], start: int) -> np.ndarray:
+        """Logits [T, V] of tokens at positions start .. start + T - 1 (writes their KV at those slots)."""
+        if start + len(ids) > self.context_length:
+            raise OmniCoderError(
+                f"{start + len(ids)} tokens exceed the program's KV capacity ({self.context_length}); "
+                "re-export with a larger --max-seq-len"
+            )
+        out = self.method.execute([_tensor(np.array([ids], np.int64)), _tensor(np.array([start], np.int64))])
+        return out[0][0].numpy().copy()
+
+    def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        return self.step_all(ids, positions)[-1]
+
+    def step_all(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        """Logits of every token [T, V]; positions must continue the cache (slot == position)."""
+        if positions != list(range(self._length, self._length + len(ids))):
+            raise OmniCoderError("an in-program KV cache takes consecutive positions that continue the cache")
+        logits = self.run(ids, self._length)
+        self._length += len(ids)
+        return logits
+
+    def full_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for whole windows [B, W] from position 0 (teacher forcing), one row per call."""
+        self.reset()
+        return np.stack([self.run(row.tolist(), 0) for row in ids])
+
+
+class _Array(np.ndarray):
+    """A numpy array that also answers .numpy(), as the OrtValues OnnxBackend reads its outputs from."""
+
+    def numpy(self) -> np.ndarray:
+        return self.view(np.ndarray)
+
+
+class _Name:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Binding:
+    """onnxruntime's IOBinding calls that OnnxBackend makes, collecting inputs and wanted outputs."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, np.ndarray] = {}
+        self.wanted: list[str] = []
+        self.outputs: list[_Array] = []
+
+    def bind_cpu_input(self, name: str, value: np.ndarray) -> None:
+        self.inputs[name] = value
+
+    def bind_ortvalue_input(self, name: str, value) -> None:
+        self.inputs[name] = value if isinstance(value, np.ndarray) else value.numpy()
+
+    def bind_output(self, name: str, device: str = "cpu") -> None:
+        self.wanted.append(name)
+
+    def get_outputs(self) -> list[_Array]:
+        return self.outputs
+
+
+class ExecuTorchSession:
+    """The part of onnxruntime's InferenceSession API that OnnxBackend uses, over an ExecuTorch `--kv io` program,
+    so OnnxBackend's cache handling (contiguous, paged, retention, speculative rollback) drives it unchanged."""
+
+    def __init__(self, bundle: Bundle, method) -> None:
+        self.method = method
+        self.input_names = [t["name"] for t in bundle.graph["inputs"]]
+        self.output_names = [t["name"] for t in bundle.graph["outputs"]]
+        self.max_seq_len = executorch_section(bundle)["max_seq_len"]
+
+    def get_outputs(self) -> list[_Name]:
+        return [_Name(n) for n in self.output_names]
+
+    def io_binding(self) -> _Binding:
+        return _Binding()
+
+    def run_with_iobinding(self, binding: _Binding) -> None:
+        feeds = [binding.inputs[name] for name in self.input_names]
+        if feeds[0].shape[0] != 1:
+            raise OmniCoderError("internal: ExecuTorch programs take batch 1")
+        if feeds[0].shape[1] > self.max_seq_len or any(f.shape[2] > self.max_seq_len for f in feeds[2:]):
+            raise OmniCoderError(f"a call exceeds the program's sequence limit ({self.max_seq_len}); lower --window")
+        outputs = dict(zip(self.output_names, self.method.execute([_tensor(f) for f in feeds]), strict=True))
+        binding.outputs = [outputs[name].numpy().copy().view(_Array) for name in binding.wanted]
+
+
+class ExecuTorchIOBackend(OnnxBackend):
+    """OnnxBackend over an ExecuTorch KV-in/KV-out program (through ExecuTorchSession)."""
+
+    def __init__(self, bundle: Bundle, method, paging: PagingPolicy | None = None, **options) -> None:
+        section = executorch_section(bundle)
+        if section["kv_mode"] != "io":
+            raise OmniCoderError("internal: ExecuTorchIOBackend needs a --kv io bundle")
+        self.max_seq_len = section["max_seq_len"]
+        if paging is not None and paging.page_len > self.max_seq_len:
+            raise OmniCoderError(f"--page-len {paging.page_len} exceeds the program's limit ({self.max_seq_len})")
+        super().__init__(bundle, ExecuTorchSession(bundle, method), paging, **options)
+        if self.context_length <= self.model_context:  # contiguous KV: every token stays, so the program's limit
+            self.context_length = min(self.context_length, self.max_seq_len)
+
+    def full_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for whole windows [B, W] from an empty cache, one row per call (the program takes batch 1)."""
+        return np.concatenate([super(ExecuTorchIOBackend, self).full_logits(row[None]) for row in ids])
+
+
+def create_backend(bundle: Bundle, threads: int = 0, paging: PagingPolicy | None = None, retention=None):
+    """The backend for the bundle's KV mode."""
+    section = executorch_section(bundle)
+    if section["kv_mode"] == "buffer" and (paging is not None or retention is not None):
+        raise OmniCoderError(
+            "KV paging and retention flags (--window, --retention, ...) need a --kv io bundle; this one keeps its KV "
+            "cache inside the program (--kv buffer); re-export with --kv io"
+        )
+    method = load_method(bundle, threads)
+    if section["kv_mode"] == "buffer":
+        return ExecuTorchBufferBackend(bundle, method)
+    return ExecuTorchIOBackend(bundle, method, paging, retention=retention)
