@@ -102,3 +102,22 @@ def test_bad_retention_settings_fail_in_one_line(bundles) -> None:
         backend.step_all(list(range(20)), list(range(20)))
     with pytest.raises(OmniCoderError, match="fp32 KV"):
         _backend(bundles, "gqa-u8", tokens=8, policy="streaming")
+
+
+def test_runner_cli_scores_and_generates_with_retention(bundles, capsys) -> None:
+    from omnicoder.runtimes.onnx_decode_generate import main
+
+    path = str(bundles["mla-fp32"][2])
+    source = str(__file__)
+    assert (
+        main(["--bundle", path, "--score", source, "--retention", "learned", "--kv-budget-mb", "0.01", "--json"]) == 0
+    )
+    budgeted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert budgeted["bytes"] > 1000 and budgeted["bits_per_byte"] > 0
+    args = ["--bundle", path, "--prompt", "def f(x):", "--max-new-tokens", "40", "--temperature", "0"]
+    assert main([*args, "--retention", "streaming"]) == 0  # the sidecar's default budget
+    assert len(capsys.readouterr().out) > 0
+    assert main([*args, "--retention", "h2o", "--window", "64"]) == 2
+    assert "exclusive" in capsys.readouterr().err
+    assert main([*args, "--kv-budget-mb", "1"]) == 2
+    assert "applies with --retention" in capsys.readouterr().err

@@ -99,3 +99,16 @@ def test_generate_cli_speculative_matches_plain(capsys) -> None:
     fast = capsys.readouterr()
     assert fast.out == plain.out and "drafts accepted" in fast.err
     torch.set_num_threads(torch.get_num_threads())
+
+
+def test_onnx_runner_speculative_flag(bundles, capsys) -> None:
+    from omnicoder.runtimes.onnx_decode_generate import main
+
+    args = ["--bundle", str(bundles["mla-fp32"][2]), "--prompt", "def f(x):", "--max-new-tokens", "30"]
+    assert main([*args, "--temperature", "0"]) == 0
+    plain = capsys.readouterr()
+    assert main([*args, "--temperature", "0", "--speculative", "2"]) == 0
+    fast = capsys.readouterr()
+    assert fast.out == plain.out and "drafts accepted" in fast.err
+    assert main([*args, "--speculative", "3"]) == 2  # the model has 2 MTP heads
+    assert "at most 2" in capsys.readouterr().err
