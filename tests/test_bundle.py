@@ -28,7 +28,7 @@ def test_manifest_describes_the_bundle(bundles):
         bundle = open_bundle(bundles[name][2])
         m = bundle.manifest
         assert m["format"] == "omnicoder-bundle" and m["format_version"] == FORMAT_VERSION
-        expected = {"model.onnx", "tokenizer.json", "model.kv_paging.json"}
+        expected = {"model.onnx", "tokenizer.json", "model.kv_paging.json", "model.retention.json"}
         # onnxruntime-genai can run GQA bundles with fp32/fp16 KV: they carry its config (export/genai_config.py)
         assert set(m["files"]) == expected | ({"genai_config.json"} if name.startswith("gqa") else set())
         assert m["graph"]["kv"]["kind"] == ("mla-latent" if name.startswith("mla") else "gqa")
