@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+# QLoRA's NormalFloat-4 levels (Dettmers et al. 2023, appendix E); omnicoder.kv_quant uses these too
 NF4_LEVELS = np.array(
     [
         -1.0,
