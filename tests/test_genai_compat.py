@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from omnicoder.runtimes.bundle import open_bundle
+
+from .conftest import greedy_onnx
 
 PROMPT = [256, *b"def fib(n):"]  # BOS + bytes
 
@@ -20,20 +21,6 @@ def genai():
         print(reason)
         pytest.skip(reason)
     return onnxruntime_genai
-
-
-def ours_greedy(bundle_dir, prompt: list[int], steps: int) -> list[int]:
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
-
-    bundle = open_bundle(bundle_dir)
-    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
-    backend.reset()
-    ids, positions, out = list(prompt), list(range(len(prompt))), []
-    for _ in range(steps):
-        token = int(np.argmax(backend.step(ids, positions)))
-        out.append(token)
-        ids, positions = [token], [positions[-1] + 1]
-    return out
 
 
 def genai_greedy(og, bundle_dir, prompt: list[int], steps: int) -> list[int]:
@@ -92,7 +79,7 @@ def test_genai_generates_our_greedy_tokens(variant, bundles):
     _, _, path = bundles[variant]
     steps = 16
     eos = open_bundle(path).model["eos_id"]
-    assert_same_greedy(genai_greedy(og, path, PROMPT, steps), ours_greedy(path, PROMPT, steps), eos)
+    assert_same_greedy(genai_greedy(og, path, PROMPT, steps), greedy_onnx(path, PROMPT, steps), eos)
 
 
 def test_genai_tokenizer_reads_hf_bundle(tmp_path):
@@ -111,7 +98,7 @@ def test_genai_tokenizer_reads_hf_bundle(tmp_path):
     text = "def fibonacci(n): the lazy dog"
     assert list(tokenizer.encode(text)) == bundle.tokenizer().encode(text)
     prompt = [bundle.model["bos_id"], *bundle.tokenizer().encode("def fibonacci(n):")]
-    assert_same_greedy(genai_greedy(og, out, prompt, 12), ours_greedy(out, prompt, 12), bundle.model["eos_id"])
+    assert_same_greedy(genai_greedy(og, out, prompt, 12), greedy_onnx(out, prompt, 12), bundle.model["eos_id"])
 
 
 def test_quantized_kv_graphs_get_no_genai_config():

@@ -12,6 +12,8 @@ import torch
 from omnicoder.errors import OmniCoderError
 from omnicoder.loading import load_model_and_tokenizer
 
+from .conftest import greedy_onnx
+
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install omnicoder[hf])")
 pytest.importorskip("tokenizers", reason="tokenizers is not installed")
 
@@ -135,21 +137,6 @@ def test_sharded_tied_checkpoint(hf_root):
     assert ours.config.tie_embeddings and ours.lm_head.weight is ours.embed.weight
     assert tokenizer.decode(tokenizer.encode("the lazy dog")) == "the lazy dog"
     assert_logits_parity(hf_model, directory)
-
-
-def greedy_onnx(bundle_dir, prompt: list[int], steps: int) -> list[int]:
-    from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
-
-    bundle = open_bundle(bundle_dir)
-    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
-    backend.reset()
-    ids, positions, out = list(prompt), list(range(len(prompt))), []
-    for _ in range(steps):
-        token = int(np.argmax(backend.step(ids, positions)))
-        out.append(token)
-        ids, positions = [token], [positions[-1] + 1]
-    return out
 
 
 def greedy_transformers(hf_model, prompt: list[int], steps: int) -> list[int]:
