@@ -4,8 +4,8 @@
 
 Per size: a Hugging Face Llama checkpoint (random weights, tokenizer trained here) is built once, then
 - ours-int4: `omnicoder-export --model hf:DIR --weights int4`, run by our ONNX runner (OnnxBackend);
-- ours-int4-lmhead: the same with the LM head forced into int4 (the exporter now does that by itself for
-  vocabularies over 1024 tokens, so both rows should agree; kept to compare with runs before that change);
+- ours-int4-unfused: the same with `--no-fuse` (the converter's graph: separate q/k/v and gate/up linears,
+  Add + RMSNorm, BNSH attention with layout ops), to show what export/onnx_fusions.py is worth;
 - genai-int4: onnxruntime-genai's model builder (`-p int4 -e cpu`), run by its own generator API;
 - optimum-fp32 / optimum-int8: optimum-onnx's export (+ its dynamic int8 quantizer), run by a plain ORT loop;
 - pytorch-eager: transformers' model with its KV cache;
@@ -55,7 +55,7 @@ SIZES = {
     "300m": dict(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=4,
                  intermediate_size=2816),
 }  # fmt: skip
-ENGINES = ["ours-int4", "ours-int4-lmhead", "genai-int4", "optimum-fp32", "optimum-int8", "pytorch-eager"]
+ENGINES = ["ours-int4", "ours-int4-unfused", "genai-int4", "optimum-fp32", "optimum-int8", "pytorch-eager"]
 ENGINES_ET = "executorch-8da4w"
 
 
@@ -247,20 +247,14 @@ def build_hf_model(size: str, out: Path) -> int:
     return model.num_parameters()
 
 
-def export_ours(hf_dir: Path, out: Path, lm_head: bool) -> None:
+def export_ours(hf_dir: Path, out: Path, fuse: bool) -> None:
+    """`omnicoder-export --model hf:DIR --weights int4 [--no-fuse]`."""
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
 
-    from omnicoder import quant
     from omnicoder.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(f"hf:{hf_dir}")
-    original = quant.quantize_linears
-    if lm_head:  # force the LM head into int4 (what the exporter now does for vocabularies > 1024)
-        quant.quantize_linears = lambda m, scheme, skip=None: original(m, scheme, skip=("retention_head",))
-    try:
-        export_onnx_bundle(model, tokenizer.to_json(), out, OnnxExportOptions(weights="int4"))
-    finally:
-        quant.quantize_linears = original
+    export_onnx_bundle(model, tokenizer.to_json(), out, OnnxExportOptions(weights="int4", fuse=fuse))
 
 
 def export_executorch(hf_dir: Path, out: Path, log: Path) -> None:
@@ -286,14 +280,16 @@ else:
 """
 
 
-def build_artifacts(size: str, work: Path, peer: Path, threads: int, log: Path, with_et: bool) -> dict:
+def build_artifacts(
+    size: str, work: Path, peer: Path, threads: int, log: Path, with_et: bool, only: set[str] | None = None
+) -> dict:
     """Export every engine's artifact once (kept in `work` for re-runs); returns engine -> (worker, path, venv)."""
     hf_dir = work / "hf"
-    ours, ours_lm, genai = work / "ours-int4", work / "ours-int4-lmhead", work / "genai-int4"
+    ours, ours_lm, genai = work / "ours-int4", work / "ours-int4-unfused", work / "genai-int4"
     opt32, opt8 = work / "optimum-fp32", work / "optimum-int8"
     steps = [
-        (ours, lambda: export_ours(hf_dir, ours, lm_head=False)),
-        (ours_lm, lambda: export_ours(hf_dir, ours_lm, lm_head=True)),
+        (ours, lambda: export_ours(hf_dir, ours, fuse=True)),
+        (ours_lm, lambda: export_ours(hf_dir, ours_lm, fuse=False)),
         (genai, lambda: run_logged([str(peer), "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
                                     "-o", str(genai), "-p", "int4", "-e", "cpu"], log)),
         (opt32, lambda: run_logged([str(peer), "-c", PEER_EXPORT, "optimum-fp32", str(hf_dir), str(opt32)], log)),
@@ -301,6 +297,8 @@ def build_artifacts(size: str, work: Path, peer: Path, threads: int, log: Path, 
     ]  # fmt: skip
     if with_et:
         steps.append((work / ENGINES_ET, lambda: export_executorch(hf_dir, work / ENGINES_ET, log)))
+    if only:  # --engines: build only what is timed
+        steps = [(path, make) for path, make in steps if path.name in only]
     seconds = {}
     for path, make in tqdm(steps, desc=f"{size}: export", unit="engine"):
         if path in (ours, ours_lm):  # our exporter is what is under test: never reuse an old export
@@ -315,7 +313,7 @@ def build_artifacts(size: str, work: Path, peer: Path, threads: int, log: Path, 
     genai_config.write_text(json.dumps(document, indent=2))
     engines = {
         "ours-int4": ("ours", ours, sys.executable),
-        "ours-int4-lmhead": ("ours", ours_lm, sys.executable),
+        "ours-int4-unfused": ("ours", ours_lm, sys.executable),
         "genai-int4": ("genai", genai, str(peer)),
         "optimum-fp32": ("optimum", opt32, str(peer)),
         "optimum-int8": ("optimum", opt8, str(peer)),
@@ -323,6 +321,8 @@ def build_artifacts(size: str, work: Path, peer: Path, threads: int, log: Path, 
     }
     if with_et and (work / ENGINES_ET).exists():
         engines[ENGINES_ET] = ("executorch", work / ENGINES_ET, sys.executable)
+    if only:
+        engines = {name: engine for name, engine in engines.items() if name in only}
     return {"engines": engines, "export_seconds": seconds}
 
 
@@ -338,7 +338,8 @@ def run_size(size: str, args, peer: Path, log: Path) -> dict:
     work = Path(args.work) / size
     work.mkdir(parents=True, exist_ok=True)
     parameters = build_hf_model(size, work / "hf")
-    built = build_artifacts(size, work, peer, args.threads, log, not args.no_executorch)
+    only = set(args.engines.split(",")) if args.engines else None
+    built = build_artifacts(size, work, peer, args.threads, log, not args.no_executorch, only)
     engines = built["engines"]
     samples: dict[str, list[dict]] = {name: [] for name in engines}
     common = ["--threads", str(args.threads), "--prompt-tokens", str(args.prompt_tokens)]
@@ -355,7 +356,11 @@ def run_size(size: str, args, peer: Path, log: Path) -> dict:
     rows = {}
     for name in ENGINES + [ENGINES_ET]:
         if name not in engines:
-            note = "n/a (not run: --no-executorch)" if args.no_executorch else "n/a (not available)"
+            note = "n/a (not available)"
+            if only and name not in only:
+                note = "n/a (not run: --engines)"
+            elif name == ENGINES_ET and args.no_executorch:
+                note = "n/a (not run: --no-executorch)"
             rows[name] = {"available": False, "note": note}
             continue
         rows[name] = {
@@ -419,6 +424,7 @@ def main() -> None:
     p.add_argument("--work", default="build/peers", help="models and artifacts (reused when present)")
     p.add_argument("--peer-venv", default="build/peer-venv")
     p.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch 8da4w column")
+    p.add_argument("--engines", default="", help="comma-separated subset to build and time (genai-int4 is always in)")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
@@ -428,6 +434,11 @@ def main() -> None:
     unknown = [s for s in args.sizes.split(",") if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    if args.engines:
+        wrong = [e for e in args.engines.split(",") if e not in [*ENGINES, ENGINES_ET]]
+        if wrong:
+            p.error(f"unknown engine(s) {', '.join(wrong)}; choose from {', '.join([*ENGINES, ENGINES_ET])}")
+        args.engines = ",".join(dict.fromkeys(["genai-int4", *args.engines.split(",")]))
     Path(args.work).mkdir(parents=True, exist_ok=True)
     log = Path(args.work) / "compare_peers.log"
     peer = ensure_peer_venv(Path(args.peer_venv).resolve(), log)

@@ -54,6 +54,16 @@ def build_parser() -> ArgumentParser:
         choices=("qdq", "matmulnbits"),
         help="qdq: DequantizeLinear(int4)+MatMul (ORT fuses it to MatMulNBits); matmulnbits: emit it directly",
     )
+    p.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="onnx: keep the converter's graph (no merged q/k/v and gate/up linears, skip+RMSNorm or BSH attention)",
+    )
+    p.add_argument(
+        "--query-outputs",
+        action="store_true",
+        help="onnx: also output each layer's queries (needed by --predicted-pages and --retention h2o)",
+    )
     p.add_argument("--page-len", type=int, default=64, help="tokens per KV page in the paging sidecar")
     p.add_argument(
         "--context", type=int, default=0, help="export a long-context variant (e.g. 32768, 131072) with RoPE scaling"

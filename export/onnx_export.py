@@ -20,6 +20,7 @@ from omnicoder.export.bundle_writer import (
     write_common_files,
 )
 from omnicoder.export.genai_config import write_genai_config
+from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
@@ -48,6 +49,8 @@ class OnnxExportOptions:
     kv: str = "fp32"  # stored KV dtype: fp32 | fp16 | u8 | nf4 (omnicoder.kv_quant)
     kv_group: int = 32
     kv_rotation: str = "none"
+    fuse: bool = True  # export/onnx_fusions.py: merged sibling linears, skip+RMSNorm, BSH attention
+    query_outputs: bool = False  # query.{i} outputs for predicted KV pages / H2O retention
 
     def kv_spec(self) -> KVQuantSpec:
         return KVQuantSpec(self.kv, self.kv_group, self.kv_rotation).validate()
@@ -156,13 +159,17 @@ def export_onnx_bundle(
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad():
         stages.set_postfix_str("torch.export + ONNX conversion")
-        graph_path = export_decode_graph(model, tmp / "model.onnx", options.opset, options.attention, spec)
+        graph_path = export_decode_graph(
+            model, tmp / "model.onnx", options.opset, options.attention, spec, options.query_outputs
+        )
         stages.update(1)
         stages.set_postfix_str("lower quantized linears")
         proto = onnx.load(str(graph_path))
+        merged = merge_sibling_quant_linears(proto) if options.fuse else 0
         lowered = lower_quant_linears(proto, options.int4_format, options.accuracy_level)
-        if lowered != quantized:
-            raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} lowered")
+        if lowered + merged != quantized:
+            raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} + {merged} merged lowered")
+        fusions = {"merged_linears": merged, **apply_fusions(proto)} if options.fuse else {}
         if options.weights == "fp16":
             store_weights_fp16(proto)
         _name_dims(proto, config, spec)
@@ -191,14 +198,22 @@ def export_onnx_bundle(
             "attention_op": attention_op,
             "inputs": _tensor_specs(proto.graph.input),
             "outputs": _tensor_specs(proto.graph.output),
-            "kv": kv_contract(config, spec),
+            "kv": _kv_contract(config, spec, options.query_outputs),
             "constraints": graph_constraints(options) + genai_notes,
+            "fusions": fusions,
         }
         manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
         manifest = finalize_bundle(tmp, manifest)
         stages.update(1)
     stages.close()
     return manifest
+
+
+def _kv_contract(config: OmniCoderConfig, spec: KVQuantSpec, queries: bool) -> dict:
+    contract = kv_contract(config, spec)
+    if not queries:
+        contract.pop("query", None)
+    return contract
 
 
 def export_from_cli(model, tokenizer, args, command: str) -> dict:
@@ -212,5 +227,7 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         kv=args.kv,
         kv_group=args.kv_group,
         kv_rotation=DEFAULT_ROTATION[args.kv] if args.kv_rotation == "auto" else args.kv_rotation,
+        fuse=not args.no_fuse,
+        query_outputs=args.query_outputs,
     )
     return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)

@@ -4,8 +4,8 @@ Inputs:  input_ids int64 [batch, sequence], position_ids int64 [batch, sequence]
          past_key_values.{i}.key / .value float [batch, kv_heads, past_sequence, width] (BNSH).
 Outputs: logits [batch, sequence, vocab], present.{i}.key / .value [batch, kv_heads, total_sequence, width],
          mtp_logits [batch, sequence, n_mtp, vocab] and retention [batch, sequence, 3] when the model has them,
-         query.{i} [batch, n_heads, sequence, key width]: each layer's queries against the cached key rows (a
-         paging runtime scores KV pages with them).
+         query.{i} [batch, n_heads, sequence, key width] (exported on request, `--query-outputs`): each layer's
+         queries against the cached key rows (predicted KV pages and H2O retention score with them).
 
 MLA models cache one latent row per token ([latent | RoPE key], one "head"), so they have key slots only
 (no .value inputs or outputs). The fused-op boundaries of `omnicoder.ops` are translated here:
@@ -48,13 +48,13 @@ def kv_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> tuple[
     return inputs, outputs
 
 
-def output_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> list[str]:
+def output_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None, queries: bool = True) -> list[str]:
     names = ["logits"]
     if config.n_mtp:
         names.append("mtp_logits")
     if config.retention_head:
         names.append("retention")
-    return names + kv_names(config, spec)[1] + query_names(config)
+    return names + kv_names(config, spec)[1] + (query_names(config) if queries else [])
 
 
 def query_names(config: OmniCoderConfig) -> list[str]:
@@ -68,9 +68,10 @@ class DecodeStep(nn.Module):
     `omnicoder.kv_quant`; new tokens are quantized and the past dequantized inside the graph.
     """
 
-    def __init__(self, model: OmniCoder, spec: KVQuantSpec | None = None) -> None:
+    def __init__(self, model: OmniCoder, spec: KVQuantSpec | None = None, queries: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.queries = queries
         self.spec = spec or KVQuantSpec()
         self.has_values = model.config.kv_value_dim > 0
         config = model.config
@@ -106,7 +107,8 @@ class DecodeStep(nn.Module):
             for slot in layers:
                 for stored in slot.present:
                     results.extend(stored)
-        results.extend(out.queries)
+        if self.queries:
+            results.extend(out.queries)
         return tuple(results)
 
 
@@ -261,16 +263,25 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
 
 
 def export_decode_graph(
-    model: OmniCoder, path: Path, opset: int = 23, attention_op: str = "onnx", kv_spec: KVQuantSpec | None = None
+    model: OmniCoder,
+    path: Path,
+    opset: int = 23,
+    attention_op: str = "onnx",
+    kv_spec: KVQuantSpec | None = None,
+    queries: bool = True,
 ) -> Path:
-    """torch.export the decode step with dynamic batch / sequence / past and write it to `path`."""
+    """torch.export the decode step with dynamic batch / sequence / past and write it to `path`.
+
+    `queries`: also output each layer's rotated queries (`query.{i}`), which predicted KV pages and H2O
+    retention read; onnxruntime runs every node whether or not an output is fetched, so they cost a little.
+    """
     config = model.config
     kv_spec = (kv_spec or KVQuantSpec()).validate()
     if opset < 23:
         raise OmniCoderError(f"--opset {opset} has no standard Attention op; use 23 or 24")
     if attention_op == "ort-gqa" and config.kv_value_dim != config.kv_key_dim:
         raise OmniCoderError("--attention ort-gqa needs equal key and value widths; MLA models use --attention onnx")
-    step = DecodeStep(model.eval(), kv_spec)
+    step = DecodeStep(model.eval(), kv_spec, queries)
     ids, positions, kv = example_inputs(config, spec=kv_spec)
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
     dynamic_shapes = {
@@ -288,7 +299,7 @@ def export_decode_graph(
             opset_version=opset,
             dynamic_shapes=dynamic_shapes,
             input_names=in_names,
-            output_names=output_names(config, kv_spec),
+            output_names=output_names(config, kv_spec, queries),
             custom_translation_table=_translations(attention_op, config),
             verbose=False,
         )

@@ -70,6 +70,11 @@ def create_session(
         raise OmniCoderError(f"onnxruntime cannot load {bundle.graph['file']}: {str(exc).splitlines()[0]}") from None
 
 
+def _ort_value(array: np.ndarray):
+    """A C-level onnxruntime value over a numpy array (no copy: the array must outlive its use)."""
+    return ort.OrtValue.ortvalue_from_numpy(array)._ortvalue
+
+
 class OnnxBackend:
     """Batch-1 decode steps through the graph with IOBinding.
 
@@ -100,7 +105,7 @@ class OnnxBackend:
             self.cache = RetentionKVCache(self.layout, retention, query_scale(bundle.model))
         elif paging is None:
             self.context_length = self.model_context
-            self.cache = ContiguousKVCache(self.layout, to_device=ort.OrtValue.ortvalue_from_numpy)
+            self.cache = ContiguousKVCache(self.layout)  # numpy until the first step, then the graph's values
         else:
             attended = paging.window + (paging.sink_pages + paging.predicted_pages + 1) * paging.page_len
             if paging.window > 0 and attended > self.model_context:
@@ -113,9 +118,14 @@ class OnnxBackend:
             self.cache = PagedKVCache(self.layout, paging, select=self._select_pages)
         kv = bundle.graph["kv"]
         self.query_outputs = {}  # graph query output -> the layer's key input it scores against
+        wants_queries = "--predicted-pages" if paging is not None and paging.predicted_pages > 0 else None
+        if retention is not None and retention.policy == "h2o":
+            wants_queries = "--retention h2o"
+        if wants_queries and not kv.get("query"):
+            raise OmniCoderError(
+                f"{wants_queries} needs a bundle whose graph outputs queries; re-export it with --query-outputs"
+            )
         if paging is not None and paging.predicted_pages > 0:
-            if not kv.get("query"):
-                raise OmniCoderError("--predicted-pages needs a bundle whose graph outputs queries; re-export it")
             keys = [names[0] for names in self.layout.key_slots]
             self.query_outputs = {kv["query"].format(layer=i): key for i, key in enumerate(keys)}
         if retention is not None and retention.policy == "h2o":
@@ -147,22 +157,23 @@ class OnnxBackend:
         return self.cache.length
 
     def run(self, ids: np.ndarray, positions: np.ndarray, past: dict, mtp: bool = False) -> dict:
-        """One graph call; returns logits (numpy), presents (OrtValues keyed by past input name) and, with
-        `mtp`, the MTP heads' logits."""
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
+        """One graph call; returns logits (numpy), presents (onnxruntime values keyed by past input name) and,
+        with `mtp`, the MTP heads' logits.
+
+        Feeds and fetches go through onnxruntime's C-level `run_with_ort_values`: the presents of one step are
+        the pasts of the next without a copy, and a step costs about 100 us less Python than an IOBinding.
+        """
+        keep = [np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(positions, dtype=np.int64)]
+        feeds = {"input_ids": _ort_value(keep[0]), "position_ids": _ort_value(keep[1])}
         for name, value in past.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
-                binding.bind_ortvalue_input(name, value)
+            if isinstance(value, np.ndarray):  # paged / retention caches assemble numpy feeds
+                keep.append(np.ascontiguousarray(value))
+                value = _ort_value(keep[-1])
+            feeds[name] = value
         signals = ["retention"] if getattr(self.cache, "wants_retention", False) else []
         wanted = ["logits", *(["mtp_logits"] if mtp else []), *signals, *self.layout.outputs, *self.query_outputs]
-        for name in wanted:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = dict(zip(wanted, binding.get_outputs(), strict=True))
+        values = dict(zip(wanted, self._run_values(feeds, wanted), strict=True))
+        del keep  # the numpy buffers behind the feeds had to outlive the call
         presents = {self._present_to_past[name]: values[name] for name in self.layout.outputs}
         if self.retention is not None:  # retention signals go to the cache before it takes the new rows
             queries = {i: values[q].numpy()[0] for q, i in self.query_outputs.items()} or None
@@ -175,6 +186,12 @@ class OnnxBackend:
         if mtp:
             result["mtp_logits"] = values["mtp_logits"].numpy()
         return result
+
+    def _run_values(self, feeds: dict, wanted: list[str]) -> list:
+        try:
+            return list(self.session._sess.run_with_ort_values(feeds, wanted, None))
+        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
+            raise OmniCoderError(f"onnxruntime failed in a decode step: {str(exc).splitlines()[0]}") from None
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
         return self.step_all(ids, positions)[-1]

@@ -30,16 +30,19 @@ def bundles(tmp_path_factory):
     from omnicoder.presets import gqa_test_config, mla_test_config
 
     root = tmp_path_factory.mktemp("bundles")
+    queries = {"query_outputs": True}  # for the tests of predicted pages, H2O and query parity
     variants = {
-        "gqa-fp32": (gqa_test_config, {"weights": "fp32"}),
-        "mla-fp32": (mla_test_config, {"weights": "fp32"}),
-        "gqa-int4": (gqa_test_config, {"weights": "int4"}),
+        "gqa-fp32": (gqa_test_config, {"weights": "fp32", **queries}),
+        "mla-fp32": (mla_test_config, {"weights": "fp32", **queries}),
+        "gqa-int4": (gqa_test_config, {"weights": "int4"}),  # as shipped: fused, no query outputs
         "mla-int4-mnb": (mla_test_config, {"weights": "int4", "int4_format": "matmulnbits"}),
-        "gqa-ortgqa": (gqa_test_config, {"weights": "fp32", "attention": "ort-gqa"}),
+        "gqa-ortgqa": (gqa_test_config, {"weights": "fp32", "attention": "ort-gqa", **queries}),
         "mla-int8": (mla_test_config, {"weights": "int8"}),
-        "gqa-fp16": (gqa_test_config, {"weights": "fp16"}),
-        "gqa-u8": (gqa_test_config, {"weights": "fp32", "kv": "u8"}),
-        "mla-nf4-had": (mla_test_config, {"weights": "fp32", "kv": "nf4", "kv_rotation": "hadamard"}),
+        "gqa-fp16": (gqa_test_config, {"weights": "fp16", **queries}),
+        "gqa-u8": (gqa_test_config, {"weights": "fp32", "kv": "u8", **queries}),
+        "mla-nf4-had": (mla_test_config, {"weights": "fp32", "kv": "nf4", "kv_rotation": "hadamard", **queries}),
+        "gqa-fp32-lean": (gqa_test_config, {"weights": "fp32"}),  # the default graph: fused, no query outputs
+        "gqa-fp32-unfused": (gqa_test_config, {"weights": "fp32", "fuse": False, **queries}),
     }
     made = {}
     for name, (make, options) in variants.items():
@@ -66,3 +69,8 @@ def greedy_onnx(bundle_dir, prompt: list[int], steps: int) -> list[int]:
         out.append(token)
         ids, positions = [token], [positions[-1] + 1]
     return out
+
+
+def quantized_kernels(manifest: dict) -> int:
+    """Quantized matmul kernels a bundle's graph should run: one per quantized linear, siblings merged."""
+    return manifest["precision"]["quantized_layers"] - manifest["graph"].get("fusions", {}).get("merged_linears", 0)

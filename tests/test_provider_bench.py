@@ -20,6 +20,7 @@ from omnicoder.runtimes.bench_thresholds import round_down, update
 from omnicoder.runtimes.bundle import open_bundle, validate
 
 from omnicoder.errors import OmniCoderError
+from tests.conftest import quantized_kernels
 
 from .test_torch_free import BLOCK_TORCH
 
@@ -110,7 +111,7 @@ def test_healthy_int4_bundle_passes(bundles, tmp_path, capsys):
     code, report = bench(path, thresholds, tmp_path, "--report")
     assert code == 0 and report["passed"]
     result = report["providers"][0]
-    quantized = open_bundle(path).manifest["precision"]["quantized_layers"]
+    quantized = quantized_kernels(open_bundle(path).manifest)
     assert result["ops"]["MatMulNBits"] == quantized and "DequantizeLinear" not in result["ops"]
     assert result["ops"]["Attention"] == model.config.n_layers
     assert result["ops_by_provider"][CPU]["MatMulNBits"] == quantized
@@ -179,7 +180,7 @@ def test_int8_and_fp32_and_the_qlinear_requirement(bundles, tmp_path, monkeypatc
     checks = checks_of(report)
     assert code == 0
     if name == "mla-int8":  # DynamicQuantizeMatMul + MatMulIntegerToFloat, one per quantized linear
-        assert checks["quantized matmul ops"]["measured"] == open_bundle(path).manifest["precision"]["quantized_layers"]
+        assert checks["quantized matmul ops"]["measured"] == quantized_kernels(open_bundle(path).manifest)
     else:
         assert "quantized matmul ops" not in checks
     monkeypatch.setenv("OMNICODER_REQUIRE_QLINEAR", "1")

@@ -1,0 +1,260 @@
+"""Fusions on the converted ONNX decode graph: fewer, larger kernels for the same arithmetic.
+
+The network is still written once (omnicoder/model.py); these passes only regroup what the converter emitted:
+
+- `merge_sibling_quant_linears`: quantized linears that read the same activation (q/k/v, gate/up, MTP heads)
+  become one `omnicoder.QuantLinear` over the weights concatenated along N, then a `Split`. One MatMulNBits
+  call instead of three quantizes the activation once and walks one weight stream.
+- `fuse_skip_rms_norm`: residual `Add` + `RMSNormalization` -> `com.microsoft.SkipSimplifiedLayerNormalization`
+  (the sum is still available for the next residual).
+- `attention_bsh`: the `Reshape -> Transpose -> RotaryEmbedding -> Attention -> Transpose -> Reshape` chain
+  becomes 3-D (BSH) `RotaryEmbedding` and `Attention` (`q_num_heads` / `kv_num_heads`), with no layout ops.
+  Where a layer's rotated queries are a graph output (`query.{i}`, BNSH) they are reshaped for that output only.
+
+Each pass matches conservatively (shapes from the converter's value_info) and leaves anything else as it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class _Graph:
+    """Producer / consumer maps and shapes of a graph (rebuilt after each pass)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.graph = graph
+        self.producer = {out: node for node in graph.node for out in node.output if out}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+        self.inits = {init.name: init for init in graph.initializer}
+        self.shapes = {}
+        for info in [*graph.value_info, *graph.input, *graph.output]:
+            dims = info.type.tensor_type.shape.dim
+            self.shapes[info.name] = [d.dim_param or d.dim_value for d in dims]
+
+    def used(self, name: str) -> bool:
+        return name in self.outputs or bool(self.consumers.get(name))
+
+    def only_consumer(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and users[0].op_type == op_type and name not in self.outputs:
+            return users[0]
+        return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> int:
+    """Drop nodes none of whose outputs is used (repeatedly), and initializers nothing reads."""
+    removed = 0
+    while True:
+        g = _Graph(model)
+        keep = [n for n in model.graph.node if any(g.used(o) for o in n.output if o)]
+        if len(keep) == len(model.graph.node):
+            break
+        removed += len(model.graph.node) - len(keep)
+        _replace_nodes(model, keep)
+    g = _Graph(model)
+    inits = [i for i in model.graph.initializer if g.consumers.get(i.name) or i.name in g.outputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    infos = [v for v in model.graph.value_info if v.name in g.producer]  # shapes of names that still exist
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+    return removed
+
+
+# ---- quantized linears that share their input ---------------------------------------------------------
+
+
+def merge_sibling_quant_linears(model: onnx.ModelProto) -> int:
+    """Merge `omnicoder.QuantLinear` nodes with the same input, bits and block; returns how many were merged away."""
+    g = _Graph(model)
+    groups: dict[tuple, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.domain == "omnicoder" and node.op_type == "QuantLinear":
+            codes, scales = g.inits[node.input[1]], g.inits[node.input[2]]
+            key = (node.input[0], _attr(node, "bits"), tuple(codes.dims[1:]), tuple(scales.dims[1:]))
+            groups.setdefault(key, []).append(node)
+    merged: dict[int, list[onnx.NodeProto]] = {}  # id(first sibling) -> nodes that replace the group
+    dropped: set[int] = set()
+    for index, ((x, bits, _, _), nodes) in enumerate(groups.items()):
+        if len(nodes) < 2:
+            continue
+        codes = [numpy_helper.to_array(g.inits[n.input[1]]) for n in nodes]
+        scales = [numpy_helper.to_array(g.inits[n.input[2]]) for n in nodes]
+        name = f"fused_linear{index}"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.concatenate(codes), name + "_codes"),
+                numpy_helper.from_array(np.concatenate(scales), name + "_scales"),
+                numpy_helper.from_array(np.array([c.shape[0] for c in codes], np.int64), name + "_split"),
+            ]
+        )
+        fused = helper.make_node(
+            "QuantLinear", [x, name + "_codes", name + "_scales"], [name], name=name, domain="omnicoder", bits=bits
+        )
+        split = helper.make_node(
+            "Split", [name, name + "_split"], [n.output[0] for n in nodes], name=name + "_split", axis=-1
+        )
+        merged[id(nodes[0])] = [fused, split]
+        dropped.update(id(n) for n in nodes[1:])
+    if not merged:
+        return 0
+    nodes = []
+    for node in model.graph.node:
+        if id(node) in merged:
+            nodes.extend(merged[id(node)])
+        elif id(node) not in dropped:
+            nodes.append(node)
+    _replace_nodes(model, nodes)
+    remove_dead_nodes(model)
+    return len(dropped)
+
+
+# ---- residual add + RMSNorm ---------------------------------------------------------------------------
+
+
+def fuse_skip_rms_norm(model: onnx.ModelProto) -> int:
+    """Add(a, b) -> RMSNormalization(gamma) as one SkipSimplifiedLayerNormalization; returns how many."""
+    g = _Graph(model)
+    replace: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for norm in model.graph.node:
+        if norm.op_type != "RMSNormalization" or norm.domain not in ("", "ai.onnx") or len(norm.input) != 2:
+            continue
+        add = g.producer.get(norm.input[0])
+        if add is None or add.op_type != "Add" or id(add) in dropped:
+            continue
+        shapes = [g.shapes.get(name) for name in add.input]
+        if _attr(norm, "axis", -1) not in (-1, len(shapes[0] or []) - 1) or _attr(norm, "stash_type", 1) != 1:
+            continue
+        if shapes[0] is None or shapes[0] != shapes[1] or len(shapes[0]) != 3 or add.input[1] in g.inits:
+            continue
+        total = add.output[0]
+        others = [n for n in g.consumers.get(total, []) if n is not norm]
+        fused = helper.make_node(
+            "SkipSimplifiedLayerNormalization",
+            [add.input[0], add.input[1], norm.input[1]],
+            [norm.output[0], "", "", total if (others or total in g.outputs) else ""],
+            name=norm.name + "_skip",
+            domain="com.microsoft",
+            epsilon=_attr(norm, "epsilon", 1e-5),
+        )
+        replace[id(add)] = fused
+        dropped.add(id(norm))
+    nodes = [replace.get(id(n), n) for n in model.graph.node if id(n) not in dropped]
+    _replace_nodes(model, nodes)
+    _ensure_domain(model, "com.microsoft")
+    return len(dropped)
+
+
+# ---- attention without layout ops --------------------------------------------------------------------
+
+
+def _bsh_source(g: _Graph, name: str):
+    """For a BNSH attention input: (3-D source, rotary node or None, heads, head width) or None."""
+    node = g.producer.get(name)
+    rotary = None
+    if node is not None and node.op_type == "RotaryEmbedding" and node.domain in ("", "ai.onnx"):
+        rotary, node = node, g.producer.get(node.input[0])
+    if node is None or node.op_type != "Transpose" or list(_attr(node, "perm", [])) != [0, 2, 1, 3]:
+        return None
+    reshape = g.producer.get(node.input[0])
+    if reshape is None or reshape.op_type != "Reshape":
+        return None
+    source, split = g.shapes.get(reshape.input[0]), g.shapes.get(reshape.output[0])
+    if not source or not split or len(source) != 3 or len(split) != 4 or split[:2] != source[:2]:
+        return None
+    heads, width = split[2], split[3]
+    if not isinstance(heads, int) or not isinstance(width, int) or source[2] != heads * width:
+        return None
+    return reshape.input[0], rotary, heads, width
+
+
+def attention_bsh(model: onnx.ModelProto) -> int:
+    """Rewrite BNSH Attention layers to BSH (3-D) Attention + RotaryEmbedding; returns how many layers."""
+    g = _Graph(model)
+    added: dict[int, list[onnx.NodeProto]] = {}  # id(node) -> nodes to place right after it
+    count = 0
+    for attention in model.graph.node:
+        if attention.op_type != "Attention" or attention.domain not in ("", "ai.onnx"):
+            continue
+        sources = [_bsh_source(g, name) for name in attention.input[:3]]
+        if any(s is None for s in sources) or sources[2][1] is not None:
+            continue
+        y = attention.output[0]
+        back = g.only_consumer(y, "Transpose")
+        if back is None or list(_attr(back, "perm", [])) != [0, 2, 1, 3]:
+            continue
+        merge = g.only_consumer(back.output[0], "Reshape")
+        out_shape = g.shapes.get(merge.output[0]) if merge is not None else None
+        if not out_shape or len(out_shape) != 3:
+            continue
+        inputs = []
+        for (source, rotary, heads, width), bnsh in zip(sources, attention.input[:3], strict=True):
+            if rotary is None:
+                inputs.append(source)
+                continue
+            rotated = bnsh + "_bsh"
+            rotary.input[0] = source
+            rotary.output[0] = rotated
+            _set_attr(rotary, "num_heads", heads)
+            inputs.append(rotated)
+            if bnsh in g.outputs or any(n is not attention for n in g.consumers.get(bnsh, [])):
+                shape = bnsh + "_shape"
+                model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, heads, width]), shape))
+                added[id(rotary)] = [
+                    helper.make_node("Reshape", [rotated, shape], [bnsh + "_bshd"], name=bnsh + "_reshape"),
+                    helper.make_node(
+                        "Transpose", [bnsh + "_bshd"], [bnsh], name=bnsh + "_transpose", perm=[0, 2, 1, 3]
+                    ),
+                ]
+        attention.input[0], attention.input[1], attention.input[2] = inputs
+        attention.output[0] = merge.output[0]
+        merge.output[0] = merge.output[0] + "_unused"
+        _set_attr(attention, "q_num_heads", sources[0][2])
+        _set_attr(attention, "kv_num_heads", sources[1][2])
+        count += 1
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        nodes.extend(added.get(id(node), []))
+    _replace_nodes(model, nodes)
+    remove_dead_nodes(model)
+    return count
+
+
+def _ensure_domain(model: onnx.ModelProto, domain: str) -> None:
+    used = any(n.domain == domain for n in model.graph.node)
+    if used and all(o.domain != domain for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+
+
+def apply_fusions(model: onnx.ModelProto) -> dict[str, int]:
+    """The float-graph fusions (run after `merge_sibling_quant_linears` and the quantized-linear lowering)."""
+    return {"skip_rms_norm": fuse_skip_rms_norm(model), "attention_bsh": attention_bsh(model)}
