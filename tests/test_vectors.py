@@ -5,8 +5,10 @@ The Kotlin and Swift cores check the same files (docs/apps.md), so the three imp
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,105 @@ def test_decode_loop_vectors():
             fresh, _ = generate_ids(gen.FakeBackend(case["context"]), transcript, case["max_new_tokens"], sampler, -1)
             assert follow["tokens"] == fresh[: len(follow["tokens"])]
     assert reasons == {"limit", "eos", "context"}
+
+
+def _f32(text: str) -> np.ndarray:
+    """The vectors' float encoding: '%08x' of each value's float32 bits, concatenated."""
+    return np.frombuffer(bytes.fromhex(text), ">u4").astype(np.uint32).view(np.float32)
+
+
+def _bits(values: np.ndarray) -> list[int]:
+    return np.ascontiguousarray(values, np.float32).view(np.uint32).reshape(-1).tolist()
+
+
+def test_retention_quantization_vectors():
+    from omnicoder.runtimes.kv_quant import NF4_LEVELS
+    from omnicoder.runtimes.kv_retention import nf4_round_trip, u8_round_trip
+
+    data = load("retention.json")
+    assert _bits(_f32(data["nf4_levels"])) == _bits(NF4_LEVELS)
+    assert _bits(_f32(data["nf4_midpoints"])) == _bits((NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2)
+    fp16 = data["fp16"]
+    with np.errstate(over="ignore"):
+        halves = _f32(fp16["values"]).astype(np.float16)
+    text = fp16["half_bits"]
+    assert halves.view(np.uint16).tolist() == [int(text[i : i + 4], 16) for i in range(0, len(text), 4)]
+    assert _bits(halves.astype(np.float32)) == _bits(_f32(fp16["expected"]))
+    assert {0x0000, 0x8000, 0x0001, 0x7C00, 0xFC00} <= set(halves.view(np.uint16).tolist())
+    for case in data["round_trips"]:
+        rows = _f32(case["rows"]).reshape(-1, case["width"])
+        round_trip = nf4_round_trip if case["dtype"] == "nf4" else u8_round_trip
+        assert _bits(round_trip(rows, case["group"])) == _bits(_f32(case["expected"])), case["name"]
+
+
+def test_retention_policy_vectors():
+    from omnicoder.runtimes.kv_retention import RetentionPolicy
+
+    gen = _generator()
+    data = load("retention.json")
+    for case in data["policies"]:
+        mb = (case["budget_override"] or 0) / 2**20  # the runner's --kv-budget-mb for that many bytes
+        built = gen.sidecar_policy(case["sidecar"], case["retention"], mb)
+        assert built == RetentionPolicy(**case["expected"])
+    for case in data["invalid_policies"]:
+        with pytest.raises(OmniCoderError, match=re.escape(case["python_message"])):
+            gen.sidecar_policy(case["sidecar"], case["retention"])
+    assert {c["expected"]["compress"] for c in data["policies"]} == {"nf4", "u8", "none"}
+
+
+def _retention_state(cache) -> dict:
+    digest = hashlib.sha256()
+    for value in cache.feeds().values():
+        digest.update(np.ascontiguousarray(value[0], "<f4").tobytes())
+    return {
+        "length": cache.length,
+        "positions": cache.positions.tolist(),
+        "compressed": cache.compressed.astype(int).tolist(),
+        "nbytes": cache.nbytes(),
+        "evicted": cache.evicted,
+        "feeds_sha256": digest.hexdigest(),
+    }
+
+
+def test_retention_store_vectors():
+    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy
+
+    gen = _generator()
+    seen = set()
+    for case in load("retention.json")["cases"]:
+        layout = KVLayout(case["kv"], case["n_layers"])
+        policy = RetentionPolicy(**case["policy"])
+        if "sidecar" in case:
+            assert gen.sidecar_policy(case["sidecar"], policy.policy) == policy
+        cache = RetentionKVCache(layout, policy)
+        assert (cache.token_bytes, cache.compress_bytes, cache.recent) == (
+            case["token_bytes"],
+            case["compress_bytes"],
+            case["recent"],
+        )
+        for step in case["steps"]:
+            if "truncate" in step:
+                cache.truncate(step["truncate"])
+                seen.add("truncate")
+            else:
+                n = step["new_tokens"]
+                presents = {
+                    name: _f32(step["presents"][name]).reshape(1, layout.heads, n, width)
+                    for name, width in zip(layout.inputs, layout.widths, strict=True)
+                }
+                cache.observe(None if step["retention"] is None else _f32(step["retention"]).reshape(n, 3))
+                if "error" in step:
+                    with pytest.raises(OmniCoderError, match=re.escape(step["error"])):
+                        cache.update(presents, n)
+                    seen.add("error")
+                    break
+                cache.update(presents, n)
+            got = _retention_state(cache)
+            assert got == {k: step[k] for k in got}, case["name"]
+            seen.update({"compressed"} if any(step["compressed"]) else set())
+            seen.update({"evicted"} if step["evicted"] else set())
+    assert seen == {"truncate", "error", "compressed", "evicted"}
 
 
 @pytest.mark.parametrize("case", load("bundles.json")["cases"], ids=lambda c: c["name"])

@@ -31,8 +31,14 @@ final class ChatModel: ObservableObject {
         do {
             let bundle = try await Task.detached(priority: .userInitiated) { try BundleLocator.verifiedBundle() }.value
             let (policy, note) = try MemoryInfo.policy(for: bundle)
-            pagingNote = note
-            let session = try CoreMLSessionFactory.make(bundle: bundle, policy: policy)
+            // retention (the bundle's model.retention.json, capped by the device's KV budget) replaces paging in stream mode
+            let (session, kvNote) = try CoreMLSessionFactory.make(
+                bundle: bundle, policy: policy, kvBudgetBytes: MemoryInfo.kvBudgetBytes())
+            if (session as? StreamingSession)?.retention != nil {
+                pagingNote = kvNote
+            } else {
+                pagingNote = kvNote.isEmpty ? note : "\(note) (\(kvNote))"
+            }
             self.session = session
             tokenizer = try bundle.tokenizer()
             conversation = Conversation(session: session, sampler: try Sampler(sampling), eosId: bundle.manifest.model.eosId)
@@ -46,8 +52,10 @@ final class ChatModel: ObservableObject {
     }
 
     private func memoryLine() -> String {
-        let kv = Double((session as? StreamingSession)?.store.residentBytes() ?? 0) / 1_048_576
-        return String(format: "RSS %.0f MB, KV %.2f MB. ", MemoryInfo.residentMB(), kv) + pagingNote
+        let streaming = session as? StreamingSession
+        let kv = Double(streaming?.residentKvBytes() ?? 0) / 1_048_576
+        let evicted = streaming?.retention != nil ? ", \(streaming?.evictedTokens ?? 0) tokens evicted" : ""
+        return String(format: "RSS %.0f MB, KV %.2f MB", MemoryInfo.residentMB(), kv) + evicted + ". " + pagingNote
     }
 
     func send(_ text: String) {

@@ -4,17 +4,24 @@ import OmniCoderCore
 
 /// The Core ML bundle's decode step behind the core's ModelSession (docs/coreml.md, export/coreml_export.py).
 enum CoreMLSessionFactory {
-    static func make(bundle: OmniCoderCore.Bundle, policy: PagingPolicy) throws -> ModelSession {
+    /// The session and what the screen says about its KV store. `--kv stream` uses the bundle's retention sidecar when
+    /// it has one (and the graph outputs `retention`), else pages; `--kv state` keeps the KV inside the model.
+    static func make(bundle: OmniCoderCore.Bundle, policy: PagingPolicy, kvBudgetBytes: Int) throws -> (ModelSession, String) {
         try bundle.requireTarget("coreml")
         let coreml = bundle.manifest.graph["coreml"] as? [String: Any] ?? [:]
+        let sidecar = try bundle.sidecar("retention")
         if coreml["kv_mode"] as? String == "stream" {
-            return try StreamingSession(bundle: bundle, policy: policy)
+            let session = try StreamingSession(
+                bundle: bundle, policy: policy, retentionSidecar: sidecar, kvBudgetBytes: kvBudgetBytes)
+            return (session, session.kvNote)
         }
         guard #available(iOS 18.0, macOS 15.0, *) else {
             throw BundleError(kind: .invalid, message: "a --kv state bundle needs iOS 18; export with --kv stream for iOS 17")
         }
         let compiled = try MLModel.compileModel(at: try bundle.file(bundle.manifest.graphFile))
-        return try StatefulSession(bundle: bundle, compiled: compiled, capacity: coreml["max_seq_len"] as? Int)
+        let session = try StatefulSession(bundle: bundle, compiled: compiled, capacity: coreml["max_seq_len"] as? Int)
+        let note = sidecar == nil ? "" : "retention sidecar ignored: --kv state keeps the KV in MLState, which cannot evict"
+        return (session, note)
     }
 
     /// Load function `name` per `graph.coreml.packages` ({name: {file, function}}): iOS 18 bundles keep both
@@ -70,32 +77,64 @@ final class StatefulSession: ModelSession {
 }
 
 /// `--kv stream` (iOS 17+): `prefill` (no past) and `decode` functions with explicit KV in/out (fp16), the ONNX
-/// contract with Core ML-safe names; the KV rows live in the core's PagedKvStore (window + sinks from the sidecar).
+/// contract with Core ML-safe names. The KV rows live in the core: in a RetentionStore when the bundle has a retention
+/// sidecar and the graph outputs `retention` (fp32 rows, as the sidecar's budget counts them, converted to and from
+/// fp16 at the model; RetentionStore.chunk tokens per call), else in a PagedKvStore (window + sinks from the sidecar).
 final class StreamingSession: ModelSession {
     private let prefill: MLModel
     private let decode: MLModel
     private let layout: KvLayout
-    let store: PagedKvStore
+    let pages: PagedKvStore?
+    let retention: RetentionStore?
+    /// What the screen says about the KV store: retention and its budget, or why the sidecar was ignored.
+    let kvNote: String
     private let policy: PagingPolicy
     private let modelContext: Int
 
-    init(bundle: OmniCoderCore.Bundle, policy: PagingPolicy) throws {
-        prefill = try CoreMLSessionFactory.load("prefill", bundle: bundle)
-        decode = try CoreMLSessionFactory.load("decode", bundle: bundle)
-        layout = try KvLayout(kv: bundle.manifest.kv, nLayers: bundle.manifest.model.nLayers, storageDtype: "float16")
-        store = PagedKvStore(layout: layout, policy: policy)
-        self.policy = policy
-        modelContext = (bundle.manifest.graph["coreml"] as? [String: Any])?["max_seq_len"] as? Int
+    init(bundle: OmniCoderCore.Bundle, policy: PagingPolicy, retentionSidecar: [String: Any]?, kvBudgetBytes: Int) throws {
+        let decode = try CoreMLSessionFactory.load("decode", bundle: bundle)
+        let context = (bundle.manifest.graph["coreml"] as? [String: Any])?["max_seq_len"] as? Int
             ?? bundle.manifest.model.contextLength
+        let hasOutput = decode.modelDescription.outputDescriptionsByName["retention"] != nil
+        let layout = try KvLayout(kv: bundle.manifest.kv, nLayers: bundle.manifest.model.nLayers, storageDtype: "float16")
+        let choice = try KvChoice.choose(
+            sidecar: retentionSidecar, hasRetentionOutput: hasOutput, kvDtype: layout.kvDtype, deviceBudgetBytes: kvBudgetBytes)
+        var note = choice.note
+        var store: RetentionStore?
+        if let wanted = choice.retention {
+            let fp32 = try KvLayout(kv: bundle.manifest.kv, nLayers: bundle.manifest.model.nLayers)
+            store = try RetentionStore(layout: fp32, policy: wanted)
+            // past + new tokens must fit the export's --max-seq-len: hold at most that minus one call's chunk
+            if let fitted = store?.policy(holdingAtMost: context - RetentionStore.chunk), fitted != wanted {
+                store = try RetentionStore(layout: fp32, policy: fitted)
+                let mb = Double(fitted.budgetBytes) / 1_048_576
+                note += String(format: ", lowered to %.2f MB by --max-seq-len %d", mb, context)
+            }
+        }
+        prefill = try CoreMLSessionFactory.load("prefill", bundle: bundle)
+        self.decode = decode
+        self.layout = layout
+        self.policy = policy
+        modelContext = context
+        retention = store
+        pages = store == nil ? PagedKvStore(layout: layout, policy: policy) : nil
+        kvNote = note
     }
 
-    var contextLength: Int { policy.window > 0 ? Int.max : modelContext }
-    var cacheLength: Int { store.length }
+    var contextLength: Int { retention != nil || policy.window > 0 ? Int.max : modelContext }
+    var cacheLength: Int { retention?.length ?? pages?.length ?? 0 }
+    /// Resident KV bytes: the retention store's (compressed tokens at their packed size) or the resident pages.
+    func residentKvBytes() -> Int { retention?.nbytes() ?? pages?.residentBytes() ?? 0 }
+    /// Tokens the retention store evicted since the chat started (0 with paging).
+    var evictedTokens: Int { retention?.evicted ?? 0 }
 
-    func reset() { store.reset() }
+    func reset() {
+        retention?.reset()
+        pages?.reset()
+    }
 
     func step(ids: [Int], positions: [Int]) throws -> [Float] {
-        let chunk = policy.window > 0 ? policy.pageLen : ids.count
+        let chunk = retention != nil ? RetentionStore.chunk : policy.window > 0 ? policy.pageLen : ids.count
         var logits: [Float] = []
         var start = 0
         while start < ids.count {
@@ -112,10 +151,10 @@ final class StreamingSession: ModelSession {
         let positionIds = try MLMultiArray(shape: [1, t], dataType: .int32)
         for i in ids.indices {
             inputIds[i] = NSNumber(value: ids[i])
-            positionIds[i] = NSNumber(value: positions[i])
+            positionIds[i] = NSNumber(value: positions[i])  // absolute: RoPE never shifts when tokens are evicted
         }
         var features: [String: Any] = ["input_ids": inputIds, "position_ids": positionIds]
-        let feeds = store.feeds()
+        let feeds = retention?.feeds() ?? pages?.feeds() ?? [:]
         let first = feeds.first?.value.shape[2] ?? 0
         if first > 0 {
             for (name, tensor) in feeds { features[name] = try multiArray(tensor) }
@@ -127,17 +166,60 @@ final class StreamingSession: ModelSession {
             guard let array = out.featureValue(for: present)?.multiArrayValue else {
                 throw BundleError(kind: .invalid, message: "the model did not return \(present)")
             }
-            presents[past] = KvTensor(name: past, dtype: "float16", shape: array.shape.map(\.intValue), data: contiguousBytes(array))
+            let shape = array.shape.map(\.intValue)
+            if retention != nil {
+                let floats = rowMajorFloats(array)
+                let bytes = floats.withUnsafeBytes { Array($0) }
+                presents[past] = KvTensor(name: past, dtype: "float32", shape: shape, data: bytes)
+            } else {
+                presents[past] = KvTensor(name: past, dtype: "float16", shape: shape, data: contiguousBytes(array))
+            }
         }
-        store.update(presents, newTokens: ids.count)
+        if let retention {  // the new tokens' retention logits go to the store before it takes their rows
+            let signal = retention.wantsRetention ? out.featureValue(for: "retention")?.multiArrayValue : nil
+            try retention.observe(signal.map(rowMajorFloats))
+            try retention.update(presents, newTokens: ids.count)
+        } else {
+            pages?.update(presents, newTokens: ids.count)
+        }
         return try lastRow(out.featureValue(for: "logits")?.multiArrayValue)
     }
 
+    /// A float16 MLMultiArray of the tensor (fp32 rows of the retention store are rounded to fp16 here).
     private func multiArray(_ tensor: KvTensor) throws -> MLMultiArray {
         let array = try MLMultiArray(shape: tensor.shape.map { NSNumber(value: $0) }, dataType: .float16)
-        array.withUnsafeMutableBytes { raw, _ in tensor.data.withUnsafeBytes { raw.copyMemory(from: $0) } }
+        var data = tensor.data
+        if tensor.dtype == "float32" {
+            var floats = [Float](repeating: 0, count: data.count / 4)
+            floats.withUnsafeMutableBytes { $0.copyBytes(from: tensor.data) }
+            data = floats.map(Fp16.bits).withUnsafeBytes { Array($0) }
+        }
+        array.withUnsafeMutableBytes { raw, _ in data.withUnsafeBytes { raw.copyMemory(from: $0) } }
         return array
     }
+}
+
+/// The values of a float16 or float32 MLMultiArray in row-major order, as float32 (fp16 converted exactly).
+func rowMajorFloats(_ array: MLMultiArray) -> [Float] {
+    if array.dataType == .float16 {
+        let bytes = contiguousBytes(array)
+        return stride(from: 0, to: bytes.count, by: 2).map { Fp16.float(UInt16(bytes[$0]) | UInt16(bytes[$0 + 1]) << 8) }
+    }
+    let shape = array.shape.map(\.intValue)
+    let strides = array.strides.map(\.intValue)
+    var out = [Float](repeating: 0, count: shape.reduce(1, *))
+    array.withUnsafeBufferPointer(ofType: Float.self) { src in
+        for flat in out.indices {
+            var rest = flat
+            var offset = 0
+            for d in shape.indices.reversed() {
+                offset += (rest % shape[d]) * strides[d]
+                rest /= shape[d]
+            }
+            out[flat] = src[offset]
+        }
+    }
+    return out
 }
 
 /// The bytes of a float16 MLMultiArray in row-major order (output arrays may be strided).

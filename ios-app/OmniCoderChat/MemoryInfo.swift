@@ -17,13 +17,16 @@ enum MemoryInfo {
         #endif
     }
 
+    /// The KV budget of this device: a share of the memory still available to the app.
+    static func kvBudgetBytes() -> Int { Int(Double(availableBytes()) * kvShare) }
+
     static func policy(for bundle: OmniCoderCore.Bundle) throws -> (PagingPolicy, String) {
         guard let sidecar = try bundle.sidecar("kv_paging") else { return (PagingPolicy(pageLen: 64), "KV: contiguous") }
         let budget = try PageBudget(sidecar: sidecar)
         let context = bundle.manifest.model.contextLength
         guard
             let plan = PagingPlan.plan(
-                budget, context: 4 * context, budgetBytes: Int(Double(availableBytes()) * kvShare), modelContext: context)
+                budget, context: 4 * context, budgetBytes: kvBudgetBytes(), modelContext: context)
         else { return (PagingPolicy(pageLen: budget.pageLen), "KV: contiguous (budget too small for paging)") }
         let policy = plan.policy(pageLen: budget.pageLen)
         let note = plan.fitsWhole

@@ -18,6 +18,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gen_kv import _fake_presents, kv_layout_vectors, paging_vectors  # noqa: E402, F401
+from gen_retention import retention_vectors, sidecar_policy  # noqa: E402, F401
 from gen_runs import FakeBackend, bundle_vectors, decode_loop_vectors  # noqa: E402, F401
 
 FORMAT = 1  # of these vector files
@@ -197,6 +198,7 @@ def build_all() -> dict[str, bytes]:
         "kv_layout.json": dumps(kv_layout_vectors()).encode(),
         "paging.json": dumps(paging_vectors()).encode(),
         "decode_loop.json": dumps(decode_loop_vectors()).encode(),
+        "retention.json": dumps(retention_vectors()).encode(),
     }
     out.update(bundle_vectors())
     return out

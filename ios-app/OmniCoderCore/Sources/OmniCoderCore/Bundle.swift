@@ -9,6 +9,12 @@ public struct BundleError: Error, CustomStringConvertible {
     public let kind: BundleErrorKind
     public let message: String
     public var description: String { message }
+
+    /// Public so that the app module (OmniCoderChat) can report model errors with it too.
+    public init(kind: BundleErrorKind, message: String) {
+        self.kind = kind
+        self.message = message
+    }
 }
 
 public struct FileEntry: Equatable, Sendable {

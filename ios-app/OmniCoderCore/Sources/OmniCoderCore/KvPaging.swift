@@ -29,15 +29,10 @@ public struct KvTensor {
     }
 }
 
-/// Hook for the retention sidecar (model.retention.json, issue 5): extra pages to keep attending beyond the
-/// sinks and the window. Not wired yet: runtimes/schemas/retention.schema.json did not exist when this was written.
-public protocol RetentionHook: AnyObject {
-    func keepPages(_ store: PagedKvStore, candidates: [Int]) -> [Int]
-}
-
 /// The KV cache in pages of `pageLen` tokens, all layers of a token range per page (runtimes/kv_paging.py
 /// PagedKVCache). Each step feeds only the attended pages (sinks + the window); positions stay absolute. Pages
-/// that can never be attended again are dropped, so resident memory follows the PagingPlan, not the context.
+/// that can never be attended again are dropped, so resident memory follows the PagingPlan, not the context. A bundle
+/// with a retention sidecar uses `RetentionStore` instead (the two are exclusive, as in the Python runner).
 public final class PagedKvStore {
     public final class Page {
         public let start: Int
@@ -49,7 +44,6 @@ public final class PagedKvStore {
 
     public let layout: KvLayout
     public let policy: PagingPolicy
-    public weak var retention: RetentionHook?
     public private(set) var pages: [Page] = []
     public private(set) var length = 0
 
@@ -70,11 +64,7 @@ public final class PagedKvStore {
     }
 
     public func attendedPages() -> [Int] {
-        var keep = Set(0..<min(policy.sinkPages, pages.count)).union(windowPages())
-        if let hook = retention {
-            keep.formUnion(hook.keepPages(self, candidates: pages.indices.filter { !keep.contains($0) }))
-        }
-        return keep.sorted()
+        Set(0..<min(policy.sinkPages, pages.count)).union(windowPages()).sorted()
     }
 
     /// The attended tokens' rows per KV input, [1, heads, n, width], in cache order.
@@ -141,7 +131,7 @@ public final class PagedKvStore {
     public func residentPages() -> Int { pages.filter(\.resident).count }
 
     private func dropUnreachable() {
-        if policy.window <= 0 || retention != nil { return }  // retention may bring old pages back
+        if policy.window <= 0 { return }
         let keep = Set(attendedPages())
         for (i, page) in pages.enumerated() where !keep.contains(i) && i != pages.count - 1 { page.data = nil }
     }

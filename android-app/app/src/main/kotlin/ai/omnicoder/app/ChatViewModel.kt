@@ -54,12 +54,18 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
     private fun load(bundle: Bundle) {
         val wanted = 4 * bundle.manifest.model.contextLength // let a window run past the context when memory is short
         val (policy, plan) = MemoryBudget.policy(getApplication(), bundle, wanted)
-        pagingNote = when {
+        // retention (the bundle's model.retention.json, capped by the device's KV budget) replaces paging when present
+        val s = OrtModelSession(bundle, policy, bundle.sidecar("retention"), MemoryBudget.kvBudgetBytes(getApplication()))
+        val paging = when {
             plan == null -> "KV: contiguous"
             plan.fitsWhole -> "KV: whole context in RAM"
             else -> "KV: window ${policy.window} + ${policy.sinkPages} sink page(s) of ${policy.pageLen}"
         }
-        val s = OrtModelSession(bundle, policy)
+        pagingNote = when {
+            s.retention != null -> s.kvNote
+            s.kvNote.isNotEmpty() -> "$paging (${s.kvNote})"
+            else -> paging
+        }
         session = s
         tokenizer = bundle.tokenizer()
         conversation = Conversation(s, Sampler(sampling), bundle.manifest.model.eosId)
@@ -67,8 +73,10 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
     }
 
     private fun memoryLine(): String {
-        val kv = (session?.store?.residentBytes() ?: 0) / 1048576.0
-        return "RSS %.0f MB, KV %.2f MB. %s".format(MemoryBudget.rssMb(), kv, pagingNote)
+        val s = session
+        val kv = (s?.residentKvBytes() ?: 0) / 1048576.0
+        val evicted = if (s?.retention != null) ", ${s.evictedTokens} tokens evicted" else ""
+        return "RSS %.0f MB, KV %.2f MB%s. %s".format(MemoryBudget.rssMb(), kv, evicted, pagingNote)
     }
 
     fun send(text: String) {

@@ -1,32 +1,47 @@
 package ai.omnicoder.app
 
 import ai.omnicoder.core.Bundle
+import ai.omnicoder.core.KvChoice
 import ai.omnicoder.core.KvTensor
 import ai.omnicoder.core.ModelSession
 import ai.omnicoder.core.PagedKvStore
 import ai.omnicoder.core.PagingPolicy
+import ai.omnicoder.core.RetentionStore
 import ai.onnxruntime.OnnxJavaType
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtSession
+import org.json.JSONObject
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
 import java.nio.LongBuffer
 
 /**
  * The bundle's decode-step graph in ONNX Runtime (the Android API), behind the core's ModelSession.
- * KV I/O as in runtimes/onnx_session.py: `past_key_values.{i}.key[suffix]` in, `present.{i}.key[suffix]` out;
- * the KV rows live in the core's PagedKvStore, so only the attended pages are fed each step.
+ * KV I/O as in runtimes/onnx_session.py: `past_key_values.{i}.key[suffix]` in, `present.{i}.key[suffix]` out.
+ * The KV rows live in the core: in a RetentionStore when the bundle has a retention sidecar and the graph outputs
+ * `retention` (the store evicts / compresses under the budget between calls of RetentionStore.CHUNK tokens), else
+ * in a PagedKvStore that feeds only the attended pages. The two are exclusive, as in the Python runner.
  */
-class OrtModelSession(bundle: Bundle, private val policy: PagingPolicy, threads: Int = 4) : ModelSession, AutoCloseable {
+class OrtModelSession(
+    bundle: Bundle,
+    private val policy: PagingPolicy,
+    retentionSidecar: JSONObject? = null,
+    kvBudgetBytes: Long = 0,
+    threads: Int = 4,
+) : ModelSession, AutoCloseable {
     private val env = OrtEnvironment.getEnvironment()
     private val session: OrtSession
     private val layout = bundle.kvLayout()
-    val store = PagedKvStore(layout, policy)
     private val presentToPast = layout.outputs.zip(layout.inputs).toMap()
-    private val wanted = setOf("logits") + layout.outputs
     private val modelContext = bundle.manifest.model.contextLength
     private val vocab = bundle.manifest.model.vocabSize
+
+    /** What the screen says about the KV store: retention and its budget, or why the sidecar was ignored. */
+    val kvNote: String
+    val retention: RetentionStore?
+    val pages: PagedKvStore?
+    private val wanted: Set<String>
 
     init {
         bundle.requireTarget("onnx")
@@ -36,17 +51,35 @@ class OrtModelSession(bundle: Bundle, private val policy: PagingPolicy, threads:
             setExecutionMode(OrtSession.SessionOptions.ExecutionMode.SEQUENTIAL)
         }
         session = env.createSession(bundle.file(bundle.manifest.graphFile).path, options)
+        val choice = KvChoice.choose(retentionSidecar, RETENTION in session.outputNames, layout.kvDtype, kvBudgetBytes)
+        kvNote = choice.note
+        retention = choice.retention?.let { RetentionStore(layout, it) }
+        pages = if (retention == null) PagedKvStore(layout, policy) else null
+        wanted = setOf("logits") + layout.outputs + if (retention?.wantsRetention == true) setOf(RETENTION) else emptySet()
     }
 
-    /** With a window, generation may run past the model's context (positions stay absolute). */
-    override val contextLength: Int get() = if (policy.window > 0) Int.MAX_VALUE else modelContext
+    /** Retention: positions stay absolute and the budget bounds what is held; paging: with a window likewise. */
+    override val contextLength: Int get() = if (retention != null || policy.window > 0) Int.MAX_VALUE else modelContext
 
-    override val cacheLength: Int get() = store.length
+    override val cacheLength: Int get() = retention?.length ?: pages!!.length
 
-    override fun reset() = store.reset()
+    /** Resident KV bytes: the retention store's (compressed tokens at their packed size) or the resident pages. */
+    fun residentKvBytes(): Long = retention?.nbytes() ?: pages!!.residentBytes()
+
+    /** Tokens the retention store evicted since the chat started (0 with paging). */
+    val evictedTokens: Int get() = retention?.evicted ?: 0
+
+    override fun reset() {
+        retention?.reset()
+        pages?.reset()
+    }
 
     override fun step(ids: IntArray, positions: IntArray): FloatArray {
-        val chunk = if (policy.window > 0) policy.pageLen else ids.size
+        val chunk = when {
+            retention != null -> RetentionStore.CHUNK // the policy acts between calls
+            policy.window > 0 -> policy.pageLen
+            else -> ids.size
+        }
         var logits = FloatArray(0)
         var start = 0
         while (start < ids.size) {
@@ -63,8 +96,9 @@ class OrtModelSession(bundle: Bundle, private val policy: PagingPolicy, threads:
         try {
             val inputs = HashMap<String, OnnxTensor>()
             inputs["input_ids"] = longTensor(ids, t).also(tensors::add)
-            inputs["position_ids"] = longTensor(positions, t).also(tensors::add)
-            for ((name, kv) in store.feeds()) inputs[name] = kvTensor(kv).also(tensors::add)
+            inputs["position_ids"] = longTensor(positions, t).also(tensors::add) // absolute: RoPE never shifts
+            val feeds = retention?.feeds() ?: pages!!.feeds()
+            for ((name, kv) in feeds) inputs[name] = kvTensor(kv).also(tensors::add)
             session.run(inputs, wanted).use { result ->
                 val logitsTensor = result.get("logits").get() as OnnxTensor
                 val all = logitsTensor.floatBuffer
@@ -77,9 +111,15 @@ class OrtModelSession(bundle: Bundle, private val policy: PagingPolicy, threads:
                     val bytes = tensor.byteBuffer.order(ByteOrder.nativeOrder())
                     val data = ByteArray(bytes.remaining()).also { bytes.get(it) }
                     val past = presentToPast.getValue(out)
-                    presents[past] = KvTensor(past, "", tensor.info.shape, data)
+                    presents[past] = KvTensor(past, layout.dtypes[layout.inputs.indexOf(past)], tensor.info.shape, data)
                 }
-                store.update(presents, ids.size)
+                if (retention != null) { // the new tokens' retention logits go to the store before it takes their rows
+                    val signal = if (retention.wantsRetention) (result.get(RETENTION).get() as OnnxTensor).floatBuffer else null
+                    retention.observe(signal?.let { FloatArray(it.remaining()).also { values -> it.get(values) } })
+                    retention.update(presents, ids.size)
+                } else {
+                    pages!!.update(presents, ids.size)
+                }
                 return last
             }
         } finally {
@@ -104,5 +144,9 @@ class OrtModelSession(bundle: Bundle, private val policy: PagingPolicy, threads:
 
     override fun close() {
         session.close()
+    }
+
+    private companion object {
+        const val RETENTION = "retention"
     }
 }

@@ -11,20 +11,13 @@ data class PagingPolicy(val pageLen: Int = 64, val window: Int = 0, val sinkPage
 class KvTensor(val name: String, val dtype: String, val shape: LongArray, val data: ByteArray)
 
 /**
- * Hook for the retention sidecar (model.retention.json, issue 5): extra pages to keep attending beyond the sinks
- * and the window. Not wired yet: runtimes/schemas/retention.schema.json did not exist when the apps were written.
- */
-fun interface RetentionHook {
-    fun keepPages(store: PagedKvStore, candidates: List<Int>): List<Int>
-}
-
-/**
  * The KV cache in pages of `pageLen` tokens, all layers of a token range per page (runtimes/kv_paging.py
  * PagedKVCache). Each step feeds only the attended pages (sinks + the window); positions stay absolute.
  * Pages that can never be attended again (outside sinks and window) are dropped, so resident memory is
- * bounded by the plan from [PagingPlan.plan] instead of the full context.
+ * bounded by the plan from [PagingPlan.plan] instead of the full context. A bundle with a retention sidecar uses
+ * [RetentionStore] instead (the two are exclusive, as in the Python runner).
  */
-class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy, private val retention: RetentionHook? = null) {
+class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy) {
     class Page(val start: Int) {
         var filled = 0
         var data: Map<String, ByteArray>? = null // per input: [heads, pageLen, width] rows; null when dropped
@@ -49,7 +42,6 @@ class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy, private val r
         val keep = sortedSetOf<Int>()
         keep.addAll(0 until minOf(policy.sinkPages, pages.size))
         keep.addAll(windowPages())
-        retention?.let { hook -> keep.addAll(hook.keepPages(this, pages.indices.filter { it !in keep })) }
         return keep.toList()
     }
 
@@ -115,7 +107,7 @@ class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy, private val r
     fun residentPages(): Int = pages.count { it.data != null }
 
     private fun dropUnreachable() {
-        if (policy.window <= 0 || retention != null) return // retention may bring old pages back
+        if (policy.window <= 0) return
         val keep = attendedPages().toSet()
         for ((i, page) in pages.withIndex()) if (i !in keep && i != pages.lastIndex) page.data = null
     }
