@@ -73,7 +73,8 @@ def main() -> None:
     docs = truncate(read_documents(find_corpus().heldout), args.max_bytes)
     model, tokenizer = load_model_and_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        export_onnx_bundle(model, tokenizer.to_json(), Path(tmp) / "b", OnnxExportOptions(weights="fp32"))
+        options = OnnxExportOptions(weights="fp32", query_outputs=True)  # H2O scores with the query outputs
+        export_onnx_bundle(model, tokenizer.to_json(), Path(tmp) / "b", options)
         bundle = open_bundle(Path(tmp) / "b")
         session = create_session(bundle, args.threads)
         context = bundle.model["context_length"]
