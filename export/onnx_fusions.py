@@ -36,6 +36,8 @@ class _Graph:
         self.inits = {init.name: init for init in graph.initializer}
         self.shapes = {}
         for info in [*graph.value_info, *graph.input, *graph.output]:
+            if not info.type.tensor_type.HasField("shape"):
+                continue  # unknown here; another entry for the name may know it
             dims = info.type.tensor_type.shape.dim
             self.shapes[info.name] = [d.dim_param or d.dim_value for d in dims]
 
