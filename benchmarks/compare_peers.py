@@ -4,6 +4,7 @@
 
 Per size: a Hugging Face Llama checkpoint (random weights, tokenizer trained here) is built once, then
 - ours-int4: `omnicoder-export --model hf:DIR --weights int4`, run by our ONNX runner (OnnxBackend);
+- ours-int4-shared: the same with `--kv-io shared` (KV buffers updated in place by GroupQueryAttention);
 - ours-int4-unfused: the same with `--no-fuse` (the converter's graph: separate q/k/v and gate/up linears,
   Add + RMSNorm, BNSH attention with layout ops), to show what export/onnx_fusions.py is worth;
 - genai-int4: onnxruntime-genai's model builder (`-p int4 -e cpu`), run by its own generator API;
@@ -55,7 +56,15 @@ SIZES = {
     "300m": dict(hidden_size=1024, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=4,
                  intermediate_size=2816),
 }  # fmt: skip
-ENGINES = ["ours-int4", "ours-int4-unfused", "genai-int4", "optimum-fp32", "optimum-int8", "pytorch-eager"]
+ENGINES = [
+    "ours-int4",
+    "ours-int4-shared",
+    "ours-int4-unfused",
+    "genai-int4",
+    "optimum-fp32",
+    "optimum-int8",
+    "pytorch-eager",
+]
 ENGINES_ET = "executorch-8da4w"
 
 
@@ -247,14 +256,15 @@ def build_hf_model(size: str, out: Path) -> int:
     return model.num_parameters()
 
 
-def export_ours(hf_dir: Path, out: Path, fuse: bool) -> None:
-    """`omnicoder-export --model hf:DIR --weights int4 [--no-fuse]`."""
+def export_ours(hf_dir: Path, out: Path, fuse: bool = True, kv_io: str = "present") -> None:
+    """`omnicoder-export --model hf:DIR --weights int4 [--no-fuse] [--kv-io shared]`."""
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
 
     from omnicoder.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(f"hf:{hf_dir}")
-    export_onnx_bundle(model, tokenizer.to_json(), out, OnnxExportOptions(weights="int4", fuse=fuse))
+    options = OnnxExportOptions(weights="int4", fuse=fuse, kv_io=kv_io)
+    export_onnx_bundle(model, tokenizer.to_json(), out, options)
 
 
 def export_executorch(hf_dir: Path, out: Path, log: Path) -> None:
@@ -286,9 +296,11 @@ def build_artifacts(
     """Export every engine's artifact once (kept in `work` for re-runs); returns engine -> (worker, path, venv)."""
     hf_dir = work / "hf"
     ours, ours_lm, genai = work / "ours-int4", work / "ours-int4-unfused", work / "genai-int4"
+    ours_shared = work / "ours-int4-shared"
     opt32, opt8 = work / "optimum-fp32", work / "optimum-int8"
     steps = [
         (ours, lambda: export_ours(hf_dir, ours, fuse=True)),
+        (ours_shared, lambda: export_ours(hf_dir, ours_shared, kv_io="shared")),
         (ours_lm, lambda: export_ours(hf_dir, ours_lm, fuse=False)),
         (genai, lambda: run_logged([str(peer), "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
                                     "-o", str(genai), "-p", "int4", "-e", "cpu"], log)),
@@ -301,7 +313,7 @@ def build_artifacts(
         steps = [(path, make) for path, make in steps if path.name in only]
     seconds = {}
     for path, make in tqdm(steps, desc=f"{size}: export", unit="engine"):
-        if path in (ours, ours_lm):  # our exporter is what is under test: never reuse an old export
+        if path in (ours, ours_shared, ours_lm):  # our exporter is what is under test: never reuse an old export
             shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             start = time.perf_counter()
@@ -313,6 +325,7 @@ def build_artifacts(
     genai_config.write_text(json.dumps(document, indent=2))
     engines = {
         "ours-int4": ("ours", ours, sys.executable),
+        "ours-int4-shared": ("ours", ours_shared, sys.executable),
         "ours-int4-unfused": ("ours", ours_lm, sys.executable),
         "genai-int4": ("genai", genai, str(peer)),
         "optimum-fp32": ("optimum", opt32, str(peer)),

@@ -60,6 +60,13 @@ def build_parser() -> ArgumentParser:
         help="onnx: keep the converter's graph (no merged q/k/v and gate/up linears, skip+RMSNorm or BSH attention)",
     )
     p.add_argument(
+        "--kv-io",
+        default="present",
+        choices=("present", "shared"),
+        help="onnx: present = the graph returns past + new KV (paging, retention, the apps use it); shared = "
+        "fixed-capacity KV buffers updated in place by GroupQueryAttention (GQA models; fastest decode)",
+    )
+    p.add_argument(
         "--query-outputs",
         action="store_true",
         help="onnx: also output each layer's queries (needed by --predicted-pages and --retention h2o)",

@@ -40,8 +40,9 @@ def unsupported_reason(config: OmniCoderConfig, inputs: list[dict]) -> str | Non
     return None
 
 
-def genai_config(config: OmniCoderConfig, graph_file: str = "model.onnx") -> dict:
-    """The genai_config.json document for a GQA decode-step graph with our I/O names."""
+def genai_config(config: OmniCoderConfig, graph_file: str = "model.onnx", shared: bool = False) -> dict:
+    """The genai_config.json document for a GQA decode-step graph with our I/O names (`shared`: --kv-io shared,
+    whose past and present are one buffer)."""
     c = config
     return {
         "model": {
@@ -82,7 +83,7 @@ def genai_config(config: OmniCoderConfig, graph_file: str = "model.onnx") -> dic
             "no_repeat_ngram_size": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,  # present = past + new (the Attention op concatenates)
+            "past_present_share_buffer": shared,  # False: present = past + new (the Attention op concatenates)
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,
@@ -106,7 +107,12 @@ def tokenizer_config(tokenizer_json: str, config: OmniCoderConfig) -> dict:
 
 
 def write_genai_config(
-    directory: Path, config: OmniCoderConfig, inputs: list[dict], sidecars: dict, tokenizer_json: str
+    directory: Path,
+    config: OmniCoderConfig,
+    inputs: list[dict],
+    sidecars: dict,
+    tokenizer_json: str,
+    shared: bool = False,
 ) -> list[str]:
     """Write genai_config.json (+ tokenizer_config.json for HF tokenizers) when the graph suits onnxruntime-genai,
     listing them in `sidecars` (in place). Returns notes for the manifest's graph constraints (why it was skipped).
@@ -114,7 +120,8 @@ def write_genai_config(
     reason = unsupported_reason(config, inputs)
     if reason is not None:
         return [reason]
-    (directory / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(config), indent=2) + "\n")
+    document = genai_config(config, shared=shared)
+    (directory / GENAI_CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
     sidecars["genai_config"] = GENAI_CONFIG_FILE
     if config.tokenizer != "byte":
         document = tokenizer_config(tokenizer_json, config)

@@ -20,7 +20,7 @@ from omnicoder.export.bundle_writer import (
     write_common_files,
 )
 from omnicoder.export.genai_config import write_genai_config
-from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears
+from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears, shared_buffer_attention
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
@@ -35,6 +35,7 @@ WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
 # Above this vocabulary the LM head is most of the bytes read per token (a 32k x 768 head is 98 MB in fp32), so
 # int4/int8 quantize it too; the embedding stays fp32 (a gather reads one row). Byte vocabularies keep it fp32.
 QUANTIZED_HEAD_MIN_VOCAB = 1024
+KV_IO = ("present", "shared")
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
 
 
@@ -51,6 +52,7 @@ class OnnxExportOptions:
     kv_rotation: str = "none"
     fuse: bool = True  # export/onnx_fusions.py: merged sibling linears, skip+RMSNorm, BSH attention
     query_outputs: bool = False  # query.{i} outputs for predicted KV pages / H2O retention
+    kv_io: str = "present"  # present: past + new rows out; shared: in-place buffers (onnx_fusions.py)
 
     def kv_spec(self) -> KVQuantSpec:
         return KVQuantSpec(self.kv, self.kv_group, self.kv_rotation).validate()
@@ -58,6 +60,13 @@ class OnnxExportOptions:
 
 def graph_constraints(options: OnnxExportOptions) -> list[str]:
     """Limits of the graph a runtime must respect, in words."""
+    if options.kv_io == "shared":
+        return [
+            "KV buffers are shared: bind one [batch, kv_heads, capacity, width] buffer per KV tensor as both past and "
+            "present; slot = absolute position, the rows in use are those before position_ids[:, 0], and the graph "
+            "writes the new rows in place (no paging, windowing or retention on this graph)",
+            "GroupQueryAttention: batch must be 1 when sequence > 1 and past_sequence > 0",
+        ]
     notes = ["positions are absolute; the KV cache may drop tokens as long as their neighbours keep their positions"]
     if options.attention == "ort-gqa":
         notes.append("GroupQueryAttention: batch must be 1 when sequence > 1 and past_sequence > 0")
@@ -141,6 +150,15 @@ def export_onnx_bundle(
 
     if options.weights not in WEIGHT_MODES:
         raise OmniCoderError(f"--weights {options.weights} is unknown; use one of {', '.join(WEIGHT_MODES)}")
+    if options.kv_io not in KV_IO:
+        raise OmniCoderError(f"--kv-io {options.kv_io} is unknown; use one of {', '.join(KV_IO)}")
+    if options.kv_io == "shared" and (
+        model.config.attention != "gqa" or options.kv != "fp32" or options.attention != "onnx" or not options.fuse
+    ):
+        raise OmniCoderError(
+            "--kv-io shared needs a GQA model with --kv fp32, --attention onnx and the fusions on; "
+            "use --kv-io present for this combination"
+        )
     config: OmniCoderConfig = model.config
     spec = options.kv_spec()
     started = time.perf_counter()
@@ -170,6 +188,12 @@ def export_onnx_bundle(
         if lowered + merged != quantized:
             raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} + {merged} merged lowered")
         fusions = {"merged_linears": merged, **apply_fusions(proto)} if options.fuse else {}
+        if options.kv_io == "shared":
+            fusions["shared_buffer_attention"] = shared_buffer_attention(
+                proto, config.sliding_window, _rotary_tables(model)
+            )
+            if fusions["shared_buffer_attention"] != config.n_layers:
+                raise OmniCoderError("--kv-io shared could not rewrite every attention layer; use --kv-io present")
         if options.weights == "fp16":
             store_weights_fp16(proto)
         _name_dims(proto, config, spec)
@@ -180,7 +204,9 @@ def export_onnx_bundle(
         big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
         sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len, spec)
-        genai_notes = write_genai_config(tmp, config, _tensor_specs(proto.graph.input), sidecars, tokenizer_json)
+        genai_notes = write_genai_config(
+            tmp, config, _tensor_specs(proto.graph.input), sidecars, tokenizer_json, options.kv_io == "shared"
+        )
         stages.update(1)
         attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
         precision = {
@@ -198,7 +224,7 @@ def export_onnx_bundle(
             "attention_op": attention_op,
             "inputs": _tensor_specs(proto.graph.input),
             "outputs": _tensor_specs(proto.graph.output),
-            "kv": _kv_contract(config, spec, options.query_outputs),
+            "kv": _kv_contract(config, spec, options.query_outputs, options.kv_io),
             "constraints": graph_constraints(options) + genai_notes,
             "fusions": fusions,
         }
@@ -209,10 +235,26 @@ def export_onnx_bundle(
     return manifest
 
 
-def _kv_contract(config: OmniCoderConfig, spec: KVQuantSpec, queries: bool) -> dict:
+def _rotary_tables(model) -> tuple | None:
+    """(cos, sin) [context, rope dim / 2] of the model's RoPE at positions 0..context-1 (for GroupQueryAttention's
+    own rotary), or None when the model has no single rotary module."""
+    import torch
+
+    rotary = getattr(model, "rotary", None)
+    if rotary is None or not hasattr(rotary, "inv_freq"):
+        return None
+    with torch.no_grad():
+        cos, sin = rotary(torch.arange(model.config.max_seq_len)[None])
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].numpy(), sin[0, :, :half].numpy()
+
+
+def _kv_contract(config: OmniCoderConfig, spec: KVQuantSpec, queries: bool, kv_io: str) -> dict:
     contract = kv_contract(config, spec)
     if not queries:
         contract.pop("query", None)
+    if kv_io == "shared":
+        contract["io"] = "shared"
     return contract
 
 
@@ -229,5 +271,6 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         kv_rotation=DEFAULT_ROTATION[args.kv] if args.kv_rotation == "auto" else args.kv_rotation,
         fuse=not args.no_fuse,
         query_outputs=args.query_outputs,
+        kv_io=args.kv_io,
     )
     return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)

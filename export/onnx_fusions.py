@@ -251,6 +251,98 @@ def attention_bsh(model: onnx.ModelProto) -> int:
     return count
 
 
+def shared_buffer_attention(model: onnx.ModelProto, window: int, rotary: tuple | None = None) -> int:
+    """`--kv-io shared`: every (3-D) `Attention` becomes `com.microsoft.GroupQueryAttention` over KV buffers that
+    the runner binds as both past and present (onnxruntime writes the new rows in place; nothing is copied).
+    With `rotary` = (cos, sin) tables [positions, head_dim / 2] of the model's RoPE, a layer whose q/k/v come from
+    one merged linear (Split -> RotaryEmbedding) takes that linear's output packed and rotates inside
+    (`do_rotary`; its positions are the slots, which equal the absolute positions here).
+
+    The past inputs are then buffers of a fixed capacity whose slot = absolute position: the rows in use are
+    the first position_ids[:, 0]. GroupQueryAttention learns the lengths from `seqlens_k` (last position) and
+    `total_sequence_length` (its maximum + 1), both computed once from position_ids. Returns how many layers.
+    """
+    attentions = [n for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    if not attentions or any(_attr(n, "q_num_heads") is None for n in attentions):
+        return 0  # attention_bsh did not apply (e.g. MLA): the caller refuses the bundle
+    prefix = "shared_kv"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1], np.int64), prefix + "_last"),
+            numpy_helper.from_array(np.array([2**62], np.int64), prefix + "_end"),
+            numpy_helper.from_array(np.array([1], np.int64), prefix + "_axis"),
+            numpy_helper.from_array(np.array(1, np.int32), prefix + "_one"),
+        ]
+    )
+    lengths = [
+        helper.make_node(
+            "Slice",
+            ["position_ids", prefix + "_last", prefix + "_end", prefix + "_axis"],
+            [prefix + "_last_pos"],
+            name=prefix + "_slice",
+        ),
+        helper.make_node("Cast", [prefix + "_last_pos"], [prefix + "_last32"], name=prefix + "_cast", to=6),
+        helper.make_node(
+            "Squeeze", [prefix + "_last32", prefix + "_axis"], ["seqlens_k"], name=prefix + "_seqlens"
+        ),  # [B]: index of each sequence's last token = its length - 1
+        helper.make_node("ReduceMax", ["seqlens_k"], [prefix + "_max"], name=prefix + "_max", keepdims=0),
+        helper.make_node("Add", [prefix + "_max", prefix + "_one"], ["total_sequence_length"], name=prefix + "_total"),
+    ]
+    replaced = {}
+    for node in attentions:
+        q, k, v = node.input[:3]
+        past_k, past_v = node.input[4], node.input[5]
+        attrs = {
+            "num_heads": _attr(node, "q_num_heads"),
+            "kv_num_heads": _attr(node, "kv_num_heads"),
+            "local_window_size": window if window > 0 else -1,
+        }
+        if _attr(node, "scale") is not None:
+            attrs["scale"] = _attr(node, "scale")
+        replaced[id(node)] = helper.make_node(
+            "GroupQueryAttention",
+            [q, k, v, past_k, past_v, "seqlens_k", "total_sequence_length"],
+            list(node.output[:3]),
+            name=node.name + "_gqa" if node.name else "",
+            domain="com.microsoft",
+            **attrs,
+        )
+    if rotary is not None:
+        _pack_rotary(model, list(replaced.values()), rotary, prefix)
+    first = min(i for i, n in enumerate(model.graph.node) if id(n) in replaced)
+    nodes = [replaced.get(id(n), n) for n in model.graph.node]
+    _replace_nodes(model, nodes[:first] + lengths + nodes[first:])
+    _ensure_domain(model, "com.microsoft")
+    remove_dead_nodes(model)
+    return len(replaced)
+
+
+def _pack_rotary(model: onnx.ModelProto, gqa_nodes: list, rotary: tuple, prefix: str) -> None:
+    """Feed GroupQueryAttention the merged q/k/v linear's output and let it apply RoPE (see above)."""
+    g = _Graph(model)
+    cos, sin = (np.ascontiguousarray(t, dtype=np.float32) for t in rotary)
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(cos, prefix + "_cos"), numpy_helper.from_array(sin, prefix + "_sin")]
+    )
+    for node in gqa_nodes:
+        q_rot, k_rot = g.producer.get(node.input[0]), g.producer.get(node.input[1])
+        if not all(r is not None and r.op_type == "RotaryEmbedding" for r in (q_rot, k_rot)):
+            continue
+        if any(_attr(r, "interleaved", 0) or _attr(r, "rotary_embedding_dim", 0) for r in (q_rot, k_rot)):
+            continue
+        split = g.producer.get(q_rot.input[0])
+        if (
+            split is None
+            or split.op_type != "Split"
+            or list(split.output) != [q_rot.input[0], k_rot.input[0], node.input[2]]
+        ):
+            continue
+        past_and_lengths = list(node.input[3:7])
+        del node.input[:]
+        node.input.extend([split.input[0], "", "", *past_and_lengths, prefix + "_cos", prefix + "_sin"])
+        node.attribute.append(helper.make_attribute("do_rotary", 1))
+
+
 def _ensure_domain(model: onnx.ModelProto, domain: str) -> None:
     used = any(n.domain == domain for n in model.graph.node)
     if used and all(o.domain != domain for o in model.opset_import):

@@ -127,3 +127,47 @@ def _nbytes(value) -> int:
     if isinstance(value, np.ndarray):
         return value.nbytes
     return int(np.prod(value.shape())) * _ORT_ITEMSIZE[value.data_type()]
+
+
+class SharedKVCache:
+    """KV for `--kv-io shared` bundles: one onnxruntime buffer per KV tensor [1, heads, capacity, width], bound
+    as both the past input and the present output, so the graph writes each step's new rows in place.
+
+    Slot = absolute position; the rows in use are the first `length`. A rollback only moves the length back
+    (later rows are overwritten by the next step). `make_buffer(shape, dtype)` allocates one device buffer.
+    """
+
+    shared = True
+
+    def __init__(self, layout: KVLayout, capacity: int, make_buffer) -> None:
+        self.layout, self.capacity = layout, capacity
+        self.buffers = {
+            name: make_buffer((1, layout.heads, capacity, width), dtype)
+            for name, width, dtype in zip(layout.inputs, layout.widths, layout.dtypes, strict=True)
+        }
+        self._length = 0
+
+    def reset(self) -> None:
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def feeds(self) -> dict[str, Any]:
+        return self.buffers
+
+    def update(self, presents: dict[str, Any], new_tokens: int) -> None:
+        """The graph already wrote the rows; only the length moves."""
+        if self._length + new_tokens > self.capacity:
+            raise ValueError(f"the KV buffers hold {self.capacity} tokens; {self._length + new_tokens} were fed")
+        self._length += new_tokens
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        self._length = length
+
+    def nbytes(self) -> int:
+        """Bytes of the buffers (the whole capacity is allocated up front)."""
+        return self.capacity * self.layout.bytes_per_token()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
-from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout
+from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout, SharedKVCache
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
 
@@ -70,6 +70,10 @@ def create_session(
         raise OmniCoderError(f"onnxruntime cannot load {bundle.graph['file']}: {str(exc).splitlines()[0]}") from None
 
 
+def _device_buffer(shape: tuple[int, ...], dtype: np.dtype):
+    return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype)
+
+
 def _ort_value(array: np.ndarray):
     """A C-level onnxruntime value over a numpy array (no copy: the array must outlive its use)."""
     return ort.OrtValue.ortvalue_from_numpy(array)._ortvalue
@@ -96,7 +100,16 @@ class OnnxBackend:
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.paging = paging
         self.retention = retention
-        if retention is not None:
+        self._bindings: dict[bool, ort.IOBinding] = {}  # shared-buffer bundles: one binding per output set
+        if bundle.graph["kv"].get("io") == "shared":
+            if paging is not None or retention is not None:
+                raise OmniCoderError(
+                    "this bundle keeps its KV in shared fixed-capacity buffers (--kv-io shared); paging and "
+                    "retention need a bundle exported with --kv-io present"
+                )
+            self.context_length = self.model_context
+            self.cache = SharedKVCache(self.layout, self.model_context, _device_buffer)
+        elif retention is not None:
             if paging is not None:
                 raise OmniCoderError("--retention and KV paging flags are exclusive; pick one")
             if retention.policy == "learned" and not bundle.model["retention_head"]:
@@ -164,6 +177,8 @@ class OnnxBackend:
         the pasts of the next without a copy, and a step costs about 100 us less Python than an IOBinding.
         """
         keep = [np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(positions, dtype=np.int64)]
+        if isinstance(self.cache, SharedKVCache) and past is self.cache.feeds():
+            return self._run_shared(keep[0], keep[1], mtp)
         feeds = {"input_ids": _ort_value(keep[0]), "position_ids": _ort_value(keep[1])}
         for name, value in past.items():
             if isinstance(value, np.ndarray):  # paged / retention caches assemble numpy feeds
@@ -185,6 +200,30 @@ class OnnxBackend:
         result = {"logits": values["logits"].numpy(), "presents": presents}
         if mtp:
             result["mtp_logits"] = values["mtp_logits"].numpy()
+        return result
+
+    def _run_shared(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict:
+        """One call with the KV buffers bound as both past and present (bound once; only the ids change)."""
+        if positions.max(initial=0) >= self.cache.capacity:
+            raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
+        heads = ["logits", *(["mtp_logits"] if mtp else [])]
+        binding = self._bindings.get(mtp)
+        if binding is None:  # outputs keep the order of their first binding: the logits first, then the KV
+            binding = self._bindings[mtp] = self.session.io_binding()
+            for name in heads:
+                binding.bind_output(name, "cpu")
+            for past, present in zip(self.layout.inputs, self.layout.outputs, strict=True):
+                binding.bind_ortvalue_input(past, self.cache.buffers[past])
+                binding.bind_ortvalue_output(present, self.cache.buffers[past])
+        for name in heads:  # rebound each call (same slot): the sequence length changes their shape
+            binding.bind_output(name, "cpu")
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("position_ids", positions)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        result = {"logits": outputs[0].numpy(), "presents": {}}
+        if mtp:
+            result["mtp_logits"] = outputs[1].numpy()
         return result
 
     def _run_values(self, feeds: dict, wanted: list[str]) -> list:

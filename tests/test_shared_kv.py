@@ -1,0 +1,119 @@
+"""`omnicoder-export --kv-io shared`: GroupQueryAttention over KV buffers bound as both past and present."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from omnicoder.runtimes.bundle import open_bundle
+from omnicoder.runtimes.kv_paging import PagingPolicy
+from omnicoder.runtimes.kv_retention import RetentionPolicy
+from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+from omnicoder.errors import OmniCoderError
+from omnicoder.model import OmniCoder
+from omnicoder.presets import gqa_test_config, mla_test_config
+
+from .conftest import export_bundle, greedy_onnx
+from .test_genai_compat import PROMPT, assert_same_greedy, genai, genai_greedy
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """name -> (float reference model, bundle dir) for fp32 and int4 weights, and the int4 present-mode twin."""
+    root = tmp_path_factory.mktemp("shared")
+    made = {}
+    for name, options in {
+        "fp32": {"weights": "fp32", "kv_io": "shared"},
+        "int4": {"weights": "int4", "kv_io": "shared"},
+        "int4-present": {"weights": "int4"},
+    }.items():
+        torch.manual_seed(0)
+        model = OmniCoder(gqa_test_config()).eval()
+        reference = OmniCoder(gqa_test_config()).eval()
+        reference.load_state_dict(model.state_dict())
+        export_bundle(model, root / name, **options)
+        made[name] = (reference, root / name)
+    return made
+
+
+def backend(path) -> OnnxBackend:
+    bundle = open_bundle(path)
+    return OnnxBackend(bundle, create_session(bundle, threads=1))
+
+
+def test_graph_is_group_query_attention_over_one_buffer(shared):
+    reference, path = shared["int4"]
+    bundle = open_bundle(path)
+    layers = reference.config.n_layers
+    assert bundle.graph["kv"]["io"] == "shared" and bundle.graph["fusions"]["shared_buffer_attention"] == layers
+    assert "bind one" in " ".join(bundle.graph["constraints"])
+    graph = onnx.load(str(path / "model.onnx")).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["GroupQueryAttention"] == layers and ops["Attention"] == ops["RotaryEmbedding"] == 0
+    for node in (n for n in graph.node if n.op_type == "GroupQueryAttention"):  # packed q/k/v, RoPE inside
+        assert node.input[1] == node.input[2] == "" and {a.name: a.i for a in node.attribute}["do_rotary"] == 1
+    assert bundle.sidecar("genai_config")["search"]["past_present_share_buffer"] is True
+
+
+@torch.no_grad()
+def test_prefill_chunks_and_decode_match_pytorch(shared):
+    reference, path = shared["fp32"]
+    runner = backend(path)
+    ids = torch.randint(0, 256, (1, 14), generator=torch.Generator().manual_seed(1))
+    expected = reference(ids, torch.arange(14)[None]).logits[0].numpy()
+    got, start = [], 0
+    for end in (6, 7, 8, 11, 14):  # a prompt, single decode steps, then chunks with a past (T > 1)
+        got.append(runner.step_all(ids[0, start:end].tolist(), list(range(start, end))))
+        start = end
+    assert np.abs(np.concatenate(got) - expected).max() <= 1e-4
+    assert runner.cache.length == 14 and runner.cache.nbytes() == 128 * runner.layout.bytes_per_token()
+
+
+def test_int4_packed_rotary_equals_the_present_graph(shared):
+    ids = list(range(40, 60))
+    shared_logits = backend(shared["int4"][1]).step_all(ids, list(range(20)))
+    present_logits = backend(shared["int4-present"][1]).step_all(ids, list(range(20)))
+    assert np.abs(shared_logits - present_logits).max() <= 1e-3
+    assert greedy_onnx(shared["int4"][1], PROMPT, 12) == greedy_onnx(shared["int4-present"][1], PROMPT, 12)
+
+
+def test_rollback_reuses_the_buffer(shared):
+    """Speculative decoding's truncate: rows past the new length are overwritten by the next step."""
+    _, path = shared["fp32"]
+    runner = backend(path)
+    runner.step_all([1, 2, 3, 4, 5], list(range(5)))
+    runner.truncate(3)
+    again = runner.step_all([9, 8], [3, 4])
+    fresh = backend(path).step_all([1, 2, 3, 9, 8], list(range(5)))
+    assert np.abs(again - fresh[-2:]).max() <= 1e-5
+
+
+def test_full_context_is_refused_with_one_line(shared):
+    _, path = shared["fp32"]
+    runner = backend(path)
+    with pytest.raises(OmniCoderError, match="context is full"):
+        runner.step_all([1] * 129, list(range(129)))
+
+
+def test_what_shared_buffers_cannot_do(shared, tmp_path):
+    bundle = open_bundle(shared["fp32"][1])
+    session = create_session(bundle)
+    with pytest.raises(OmniCoderError, match="--kv-io present"):
+        OnnxBackend(bundle, session, paging=PagingPolicy(page_len=4, window=8))
+    with pytest.raises(OmniCoderError, match="--kv-io present"):
+        OnnxBackend(bundle, session, retention=RetentionPolicy(budget_bytes=10_000, policy="streaming"))
+    with pytest.raises(OmniCoderError, match="needs a GQA model"):
+        export_bundle(OmniCoder(mla_test_config()).eval(), tmp_path / "mla", weights="fp32", kv_io="shared")
+    with pytest.raises(OmniCoderError, match="needs a GQA model"):
+        export_bundle(OmniCoder(gqa_test_config()).eval(), tmp_path / "u8", weights="fp32", kv="u8", kv_io="shared")
+
+
+def test_genai_runs_the_shared_bundle(shared):
+    og = genai()
+    _, path = shared["int4"]
+    theirs = genai_greedy(og, path, PROMPT, 12)
+    assert_same_greedy(theirs, greedy_onnx(path, PROMPT, 12), eos=open_bundle(path).model["eos_id"])
