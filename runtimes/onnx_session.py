@@ -11,6 +11,7 @@ from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout, SharedKVCache
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
+from omnicoder.runtimes.onnx_shared_binding import SharedBinding
 
 from omnicoder.errors import OmniCoderError
 
@@ -100,7 +101,8 @@ class OnnxBackend:
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.paging = paging
         self.retention = retention
-        self._bindings: dict[bool, ort.IOBinding] = {}  # shared-buffer bundles: one binding per output set
+        self._shared: SharedBinding | None = None  # --kv-io shared bundles: calls bound once
+        self.vocab = bundle.model["vocab_size"]
         if bundle.graph["kv"].get("io") == "shared":
             if paging is not None or retention is not None:
                 raise OmniCoderError(
@@ -203,28 +205,15 @@ class OnnxBackend:
         return result
 
     def _run_shared(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict:
-        """One call with the KV buffers bound as both past and present (bound once; only the ids change)."""
+        """One call with the KV buffers bound as both past and present (runtimes/onnx_shared_binding.py)."""
         if positions.max(initial=0) >= self.cache.capacity:
             raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
-        heads = ["logits", *(["mtp_logits"] if mtp else [])]
-        binding = self._bindings.get(mtp)
-        if binding is None:  # outputs keep the order of their first binding: the logits first, then the KV
-            binding = self._bindings[mtp] = self.session.io_binding()
-            for name in heads:
-                binding.bind_output(name, "cpu")
-            for past, present in zip(self.layout.inputs, self.layout.outputs, strict=True):
-                binding.bind_ortvalue_input(past, self.cache.buffers[past])
-                binding.bind_ortvalue_output(present, self.cache.buffers[past])
-        for name in heads:  # rebound each call (same slot): the sequence length changes their shape
-            binding.bind_output(name, "cpu")
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("position_ids", positions)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        result = {"logits": outputs[0].numpy(), "presents": {}}
-        if mtp:
-            result["mtp_logits"] = outputs[1].numpy()
-        return result
+        if self._shared is None:
+            pairs = [
+                (p, o, self.cache.buffers[p]) for p, o in zip(self.layout.inputs, self.layout.outputs, strict=True)
+            ]
+            self._shared = SharedBinding(self.session, pairs, self.vocab, self.n_mtp)
+        return self._shared.run(ids, positions, mtp)
 
     def _run_values(self, feeds: dict, wanted: list[str]) -> list:
         try:

@@ -9,9 +9,12 @@ import onnx
 import pytest
 import torch
 from omnicoder.runtimes.bundle import open_bundle
+from omnicoder.runtimes.decode_loop import generate_ids
 from omnicoder.runtimes.kv_paging import PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionPolicy
 from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.sampling import Sampler, SamplingParams
+from omnicoder.runtimes.speculative import generate_ids_speculative
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.model import OmniCoder
@@ -117,3 +120,12 @@ def test_genai_runs_the_shared_bundle(shared):
     _, path = shared["int4"]
     theirs = genai_greedy(og, path, PROMPT, 12)
     assert_same_greedy(theirs, greedy_onnx(path, PROMPT, 12), eos=open_bundle(path).model["eos_id"])
+
+
+def test_speculative_greedy_equals_plain_greedy(shared):
+    """Random MTP heads (mostly rejected drafts): verify calls (T = 3) and rollbacks on the shared buffers."""
+    _, path = shared["fp32"]
+    greedy, prompt = Sampler(SamplingParams(temperature=0)), list(range(40, 60))
+    plain, _ = generate_ids(backend(path), prompt, 40, greedy, 257)
+    fast, stats = generate_ids_speculative(backend(path), prompt, 40, greedy, 257, 2)
+    assert fast == plain and stats.draft_tokens > 0
