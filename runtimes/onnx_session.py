@@ -81,11 +81,13 @@ def _ort_value(array: np.ndarray):
 
 
 class OnnxBackend:
-    """Batch-1 decode steps through the graph with IOBinding.
+    """Batch-1 decode steps through the graph.
 
-    Without a paging policy the KV stays in onnxruntime's buffers (ContiguousKVCache, no copies). With one,
-    a PagedKVCache decides what each step attends to; prompts are then prefilled in page-sized chunks, and
-    with a window generation may run past the model's context (positions stay absolute).
+    Without a paging policy the KV stays in onnxruntime's buffers (ContiguousKVCache: each step's presents are
+    the next step's pasts, no copies). With one, a PagedKVCache decides what each step attends to; prompts are
+    then prefilled in page-sized chunks, and with a window generation may run past the model's context
+    (positions stay absolute). A `--kv-io shared` bundle keeps its KV in fixed-capacity buffers that the graph
+    updates in place (SharedKVCache, calls bound once by SharedBinding).
     """
 
     def __init__(

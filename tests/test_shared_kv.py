@@ -129,3 +129,12 @@ def test_speculative_greedy_equals_plain_greedy(shared):
     plain, _ = generate_ids(backend(path), prompt, 40, greedy, 257)
     fast, stats = generate_ids_speculative(backend(path), prompt, 40, greedy, 257, 2)
     assert fast == plain and stats.draft_tokens > 0
+
+
+def test_scoring_windows_from_an_empty_cache(shared):
+    """full_logits (the scorer's batched windows) runs the shared graph with ordinary, empty pasts."""
+    _, path = shared["fp32"]
+    ids = np.array([list(range(30, 46)), list(range(60, 76))])
+    batched = backend(path).full_logits(ids)
+    for row, window in zip(batched, ids, strict=True):
+        assert np.abs(row - backend(path).step_all(window.tolist(), list(range(16)))).max() <= 1e-4
