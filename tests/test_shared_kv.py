@@ -138,3 +138,15 @@ def test_scoring_windows_from_an_empty_cache(shared):
     batched = backend(path).full_logits(ids)
     for row, window in zip(batched, ids, strict=True):
         assert np.abs(row - backend(path).step_all(window.tolist(), list(range(16)))).max() <= 1e-4
+
+
+def test_kv_budget_tool_knows_shared_buffers_are_preallocated(shared, capsys):
+    from omnicoder.runtimes import kv_budget_enforce
+
+    _, path = shared["fp32"]
+    whole = 128 * open_bundle(path).sidecar("kv_paging")["bytes_per_token_per_layer"] * 2  # context x 2 layers
+    assert kv_budget_enforce.main(["--bundle", str(path), "--budget-mb", "1"]) == 0
+    assert f"shared KV buffers: {whole} bytes" in capsys.readouterr().out
+    assert kv_budget_enforce.main(["--bundle", str(path), "--budget-mb", str(whole / 2 / 2**20)]) == 1
+    err = capsys.readouterr().err
+    assert "preallocates its whole context" in err and "--kv-io present" in err and "Traceback" not in err
