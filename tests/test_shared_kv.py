@@ -150,3 +150,22 @@ def test_kv_budget_tool_knows_shared_buffers_are_preallocated(shared, capsys):
     assert kv_budget_enforce.main(["--bundle", str(path), "--budget-mb", str(whole / 2 / 2**20)]) == 1
     err = capsys.readouterr().err
     assert "preallocates its whole context" in err and "--kv-io present" in err and "Traceback" not in err
+
+
+@torch.no_grad()
+def test_sliding_window_model_decodes_past_its_window(tmp_path):
+    """A Mistral import (window 8): GroupQueryAttention's local window equals the model's, 24 tokens in."""
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install omnicoder[hf])")
+    from omnicoder.loading import load_model_and_tokenizer
+
+    from .test_hf_import import make_hf_model
+
+    make_hf_model("mistral", tmp_path / "hf")
+    reference, _ = load_model_and_tokenizer(f"hf:{tmp_path / 'hf'}")
+    export_bundle(load_model_and_tokenizer(f"hf:{tmp_path / 'hf'}")[0], tmp_path / "b", weights="fp32", kv_io="shared")
+    ids = torch.randint(0, 200, (1, 24), generator=torch.Generator().manual_seed(0))
+    expected = reference(ids, torch.arange(24)[None]).logits[0].numpy()
+    runner = backend(tmp_path / "b")
+    got = [runner.step_all(ids[0, :10].tolist(), list(range(10)))]
+    got += [runner.step_all([int(ids[0, i])], [i]) for i in range(10, 24)]
+    assert np.abs(np.concatenate(got) - expected).max() <= 1e-4
