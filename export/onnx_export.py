@@ -208,7 +208,8 @@ def export_onnx_bundle(
             tmp, config, _tensor_specs(proto.graph.input), sidecars, tokenizer_json, options.kv_io == "shared"
         )
         stages.update(1)
-        attention_op = "GroupQueryAttention" if options.attention == "ort-gqa" else "Attention"
+        gqa = options.attention == "ort-gqa" or options.kv_io == "shared"
+        attention_op = "GroupQueryAttention" if gqa else "Attention"
         precision = {
             "weights": options.weights,
             "int4_format": options.int4_format if options.weights == "int4" else None,

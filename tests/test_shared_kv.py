@@ -53,6 +53,7 @@ def test_graph_is_group_query_attention_over_one_buffer(shared):
     bundle = open_bundle(path)
     layers = reference.config.n_layers
     assert bundle.graph["kv"]["io"] == "shared" and bundle.graph["fusions"]["shared_buffer_attention"] == layers
+    assert bundle.graph["attention_op"] == "GroupQueryAttention"
     assert "bind one" in " ".join(bundle.graph["constraints"])
     graph = onnx.load(str(path / "model.onnx")).graph
     ops = Counter(n.op_type for n in graph.node)
