@@ -33,6 +33,16 @@ class StepBackend(Protocol):
         """Run the tokens through the model, append them to the cache, return the last position's logits [V]."""
 
 
+def check_prompt_fits(backend, prompt_ids: list[int]) -> int:
+    """The backend's context, or a one-line error when the prompt is longer."""
+    context = backend.context_length
+    if len(prompt_ids) > context:
+        raise OmniCoderError(
+            f"the prompt is {len(prompt_ids)} tokens, longer than the model's context ({context}); shorten it"
+        )
+    return context
+
+
 def generate_ids(
     backend: StepBackend,
     prompt_ids: list[int],
@@ -42,11 +52,7 @@ def generate_ids(
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Prefill the prompt, then sample up to max_new_tokens; stops at EOS or when the context is full."""
-    context = backend.context_length
-    if len(prompt_ids) > context:
-        raise OmniCoderError(
-            f"the prompt is {len(prompt_ids)} tokens, longer than the model's context ({context}); shorten it"
-        )
+    context = check_prompt_fits(backend, prompt_ids)
     backend.reset()
     stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
     out: list[int] = []

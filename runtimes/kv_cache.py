@@ -83,14 +83,13 @@ class KVLayout:
 class ContiguousKVCache:
     """Holds the graph's present outputs and feeds them back as the next step's past (zero-copy)."""
 
-    def __init__(self, layout: KVLayout, to_device=None) -> None:
+    def __init__(self, layout: KVLayout) -> None:
         self.layout = layout
-        self._to_device = to_device or (lambda array: array)
         self.reset()
 
     def reset(self) -> None:
         self._length = 0
-        self._values = {name: self._to_device(arr) for name, arr in self.layout.empty().items()}
+        self._values = self.layout.empty()  # numpy until the first step, then the graph's own output values
 
     @property
     def length(self) -> int:
@@ -136,8 +135,6 @@ class SharedKVCache:
     Slot = absolute position; the rows in use are the first `length`. A rollback only moves the length back
     (later rows are overwritten by the next step). `make_buffer(shape, dtype)` allocates one device buffer.
     """
-
-    shared = True
 
     def __init__(self, layout: KVLayout, capacity: int, make_buffer) -> None:
         self.layout, self.capacity = layout, capacity

@@ -122,7 +122,7 @@ class OnnxBackend:
             self.cache = RetentionKVCache(self.layout, retention, query_scale(bundle.model))
         elif paging is None:
             self.context_length = self.model_context
-            self.cache = ContiguousKVCache(self.layout)  # numpy until the first step, then the graph's values
+            self.cache = ContiguousKVCache(self.layout)
         else:
             attended = paging.window + (paging.sink_pages + paging.predicted_pages + 1) * paging.page_len
             if paging.window > 0 and attended > self.model_context:

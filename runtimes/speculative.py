@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from omnicoder.runtimes.decode_loop import StepBackend
+from omnicoder.runtimes.decode_loop import StepBackend, check_prompt_fits
 from omnicoder.runtimes.sampling import Sampler
 from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
 
@@ -78,11 +78,7 @@ def generate_ids_speculative(
 ) -> tuple[list[int], GenerationStats]:
     """Like `decode_loop.generate_ids`, drafting `k` tokens per call with the MTP heads."""
     check_speculative(k, backend.n_mtp)
-    context = backend.context_length
-    if len(prompt_ids) > context:
-        raise OmniCoderError(
-            f"the prompt is {len(prompt_ids)} tokens, longer than the model's context ({context}); shorten it"
-        )
+    context = check_prompt_fits(backend, prompt_ids)
     backend.reset()
     stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
     out: list[int] = []
