@@ -144,7 +144,7 @@ def test_cli_rejects_modes_of_other_targets(capsys):
 @pytest.fixture(scope="module")
 def coreml_bundle(tmp_path_factory):
     """Export (once per variant in this module): (name, kv, weights, extra options) -> (reference model, bundle)."""
-    pytest.importorskip("coremltools")
+    pytest.importorskip("coremltools", reason="coremltools is not installed (pip install omnicoder[coreml])")
     root, made = tmp_path_factory.mktemp("coreml"), {}
 
     def make(name: str, kv: str, weights: str, **extra):
