@@ -93,6 +93,11 @@ class Bundle:
     def graph(self) -> dict:
         return self.manifest["graph"]
 
+    @property
+    def shared_kv(self) -> bool:
+        """Whether the graph keeps its KV in buffers bound as both past and present (`--kv-io shared`)."""
+        return self.graph.get("kv", {}).get("io") == "shared"
+
     def sidecar(self, kind: str) -> dict | None:
         name = self.manifest["sidecars"].get(kind)
         if name is None:

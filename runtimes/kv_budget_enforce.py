@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = KVLayout.from_sidecar(sidecar)
     plan = plan_paging(layout, context, int(args.budget_mb * MB), bundle.model["context_length"])
     reason = unfit_reason(sidecar, layout, plan, context, args.budget_mb, bundle.model["context_length"])
-    shared = bundle.graph.get("kv", {}).get("io") == "shared"
+    shared = bundle.shared_kv
     if shared:  # --kv-io shared: the runner allocates the model's whole context up front and cannot page
         plan = None
         need = layout.bytes_at(bundle.model["context_length"])

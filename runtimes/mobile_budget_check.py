@@ -67,7 +67,7 @@ def check(bundle, sidecar: dict, document: dict, device_name: str, context: int)
     weights = weights_bytes(bundle.manifest)
     overhead, overhead_rule = overhead_bytes(document, device, weights)
     limit = app_limit_bytes(device)
-    if bundle.graph.get("kv", {}).get("io") == "shared":  # --kv-io shared: the whole context is allocated at load
+    if bundle.shared_kv:  # --kv-io shared: the whole context is allocated at load
         context = max(context, bundle.model["context_length"])
     kv = layout.bytes_at(context)
     total = weights + kv + overhead

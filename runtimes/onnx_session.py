@@ -105,7 +105,7 @@ class OnnxBackend:
         self.retention = retention
         self._shared: SharedBinding | None = None  # --kv-io shared bundles: calls bound once
         self.vocab = bundle.model["vocab_size"]
-        if bundle.graph["kv"].get("io") == "shared":
+        if bundle.shared_kv:
             if paging is not None or retention is not None:
                 raise OmniCoderError(
                     "this bundle keeps its KV in shared fixed-capacity buffers (--kv-io shared); paging and "
