@@ -71,7 +71,9 @@ def test_prefill_chunks_and_decode_match_pytorch(shared):
     expected = reference(ids, torch.arange(14)[None]).logits[0].numpy()
     got, start = [], 0
     for end in (6, 7, 8, 11, 14):  # a prompt, single decode steps, then chunks with a past (T > 1)
-        got.append(runner.step_all(ids[0, start:end].tolist(), list(range(start, end))))
+        part, positions = ids[0, start:end].tolist(), list(range(start, end))
+        # single tokens take step()'s bound fast path; longer calls the generic one
+        got.append(runner.step(part, positions)[None] if len(part) == 1 else runner.step_all(part, positions))
         start = end
     assert np.abs(np.concatenate(got) - expected).max() <= 1e-4
     assert runner.cache.length == 14 and runner.cache.nbytes() == 128 * runner.layout.bytes_per_token()
@@ -101,6 +103,12 @@ def test_full_context_is_refused_with_one_line(shared):
     runner = backend(path)
     with pytest.raises(OmniCoderError, match="context is full"):
         runner.step_all([1] * 129, list(range(129)))
+    runner.reset()
+    runner.step_all([1] * 127, list(range(127)))
+    runner.step([2], [127])  # the last slot, through the single-token fast path
+    assert runner.cache.length == 128
+    with pytest.raises(OmniCoderError, match="context is full"):
+        runner.step([3], [128])
 
 
 def test_what_shared_buffers_cannot_do(shared, tmp_path):
