@@ -49,6 +49,11 @@ def app_for(bundle: Bundle, wanted: str = "auto") -> tuple[str, str, str]:
             f"--app {wanted} needs a {need} bundle, but {bundle.path} is a {target} bundle; "
             f"export one with omnicoder-export --target {need}"
         )
+    if bundle.shared_kv:  # the apps feed past KV and read present = past + new rows
+        raise OmniCoderError(
+            f"{bundle.path} was exported with --kv-io shared (for onnxruntime-genai and omnicoder-generate); "
+            f"the {app} app needs past/present KV: re-export without --kv-io"
+        )
     return app, marker, dest
 
 

@@ -27,9 +27,9 @@ def apps(tmp_path) -> Path:
     return root
 
 
-def retarget(tmp_path: Path, target: str) -> Path:
+def retarget(tmp_path: Path, target: str, kv_io: str | None = None) -> Path:
     """The good vector bundle re-exported as another target (a Core ML one holds a .mlpackage directory)."""
-    out = tmp_path / f"bundle-{target}"
+    out = tmp_path / f"bundle-{target}-{kv_io}"
     shutil.copytree(GOOD, out)
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").unlink()
@@ -40,6 +40,8 @@ def retarget(tmp_path: Path, target: str) -> Path:
         (out / "model.mlpackage" / "Manifest.json").write_text("{}")
         manifest["graph"]["file"] = "model.mlpackage"
     manifest["target"] = target
+    if kv_io:
+        manifest["graph"]["kv"]["io"] = kv_io
     del manifest["files"]
     finalize_bundle(out, manifest)
     return out
@@ -92,6 +94,8 @@ def test_wrong_target_for_the_app(apps, tmp_path):
         package(retarget(tmp_path, "executorch"), apps)
     with pytest.raises(OmniCoderError, match="more than one bundle for the android app"):
         main.__wrapped__(["--bundle", str(GOOD), "--bundle", str(GOOD), "--apps-root", str(apps)])
+    with pytest.raises(OmniCoderError, match="exported with --kv-io shared .* re-export without --kv-io"):
+        package(retarget(tmp_path, "onnx", kv_io="shared"), apps)
     assert not (apps / ANDROID).exists()
 
 

@@ -91,12 +91,23 @@ class Bundle(val root: File, val manifest: Manifest) {
 
     fun kvLayout(): KvLayout = KvLayout(manifest.kv, manifest.model.nLayers)
 
-    /** Throws TARGET unless the bundle was exported for `target` (onnx for Android, coreml for iOS). */
+    /**
+     * Throws TARGET unless the bundle was exported for `target` (onnx for Android, coreml for iOS) with the KV
+     * contract the app drives: past in, present (past + new rows) out. A `--kv-io shared` bundle updates
+     * fixed-capacity buffers in place (for onnxruntime-genai and the Python runner), which this app does not bind.
+     */
     fun requireTarget(target: String): Bundle {
         if (manifest.target != target) {
             throw BundleException(
                 BundleErrorKind.TARGET,
                 "this is a ${manifest.target} bundle; this app needs a $target bundle (omnicoder-export --target $target)",
+            )
+        }
+        if (manifest.kv.optString("io", "present") != "present") {
+            throw BundleException(
+                BundleErrorKind.TARGET,
+                "this bundle was exported with --kv-io ${manifest.kv.getString("io")}; the app needs past/present KV " +
+                    "(re-export without --kv-io)",
             )
         }
         return this

@@ -44,6 +44,10 @@ class CoreTest {
         assertEquals(bundle, bundle.requireTarget("onnx"))
         expectKind(BundleErrorKind.TARGET) { bundle.requireTarget("coreml") }
         expectKind(BundleErrorKind.NOT_FOUND) { BundleReader.open(File(dir, "nope")) }
+        val manifest = JSONObject(File(dir, "manifest.json").readText())
+        manifest.getJSONObject("graph").getJSONObject("kv").put("io", "shared")
+        File(dir, "manifest.json").writeText(manifest.toString())
+        expectKind(BundleErrorKind.TARGET) { Bundle(dir, Manifest(manifest)).requireTarget("onnx") }
         File(dir, "manifest.json").writeText("{not json")
         expectKind(BundleErrorKind.INVALID) { BundleReader.open(dir) }
         dir.deleteRecursively()
