@@ -404,8 +404,8 @@ def report(results: dict) -> None:
                 f"{name:20s} {row['prefill_tok_s']:14.1f} {row['decode_tok_s']:13.1f} {mb:>8s} "
                 f"{row['decode_vs_genai']:12.2f}x"
             )
-        ours = {name: row["decode_vs_genai"] for name, row in entry["rows"].items() if name.startswith("ours")}
-        ours = {name: ratio for name, ratio in ours.items() if entry["rows"][name]["available"]}
+        rows = entry["rows"].items()
+        ours = {name: row["decode_vs_genai"] for name, row in rows if name.startswith("ours") and row["available"]}
         if ours:
             best = max(ours, key=ours.get)
             verdict = "met" if ours[best] >= GOAL else "not met"
