@@ -124,30 +124,10 @@ class _Name:
         self.name = name
 
 
-class _Binding:
-    """onnxruntime's IOBinding calls that OnnxBackend makes, collecting inputs and wanted outputs."""
-
-    def __init__(self) -> None:
-        self.inputs: dict[str, np.ndarray] = {}
-        self.wanted: list[str] = []
-        self.outputs: list[_Array] = []
-
-    def bind_cpu_input(self, name: str, value: np.ndarray) -> None:
-        self.inputs[name] = value
-
-    def bind_ortvalue_input(self, name: str, value) -> None:
-        self.inputs[name] = value if isinstance(value, np.ndarray) else value.numpy()
-
-    def bind_output(self, name: str, device: str = "cpu") -> None:
-        self.wanted.append(name)
-
-    def get_outputs(self) -> list[_Array]:
-        return self.outputs
-
-
 class ExecuTorchSession:
-    """The part of onnxruntime's InferenceSession API that OnnxBackend uses, over an ExecuTorch `--kv io` program,
-    so OnnxBackend's cache handling (contiguous, paged, retention, speculative rollback) drives it unchanged."""
+    """The part of onnxruntime's InferenceSession API that OnnxBackend reads (input and output names), plus
+    `run` over an ExecuTorch `--kv io` program, so OnnxBackend's cache handling (contiguous, paged, retention,
+    speculative rollback) drives it unchanged."""
 
     def __init__(self, bundle: Bundle, method) -> None:
         self.method = method
@@ -158,17 +138,15 @@ class ExecuTorchSession:
     def get_outputs(self) -> list[_Name]:
         return [_Name(n) for n in self.output_names]
 
-    def io_binding(self) -> _Binding:
-        return _Binding()
-
-    def run_with_iobinding(self, binding: _Binding) -> None:
-        feeds = [binding.inputs[name] for name in self.input_names]
-        if feeds[0].shape[0] != 1:
+    def run(self, feeds: dict[str, np.ndarray], wanted: list[str]) -> list[_Array]:
+        """The wanted outputs of one call, as arrays that also answer `.numpy()` like onnxruntime's values."""
+        inputs = [feeds[name] for name in self.input_names]
+        if inputs[0].shape[0] != 1:
             raise OmniCoderError("internal: ExecuTorch programs take batch 1")
-        if feeds[0].shape[1] > self.max_seq_len or any(f.shape[2] > self.max_seq_len for f in feeds[2:]):
+        if inputs[0].shape[1] > self.max_seq_len or any(f.shape[2] > self.max_seq_len for f in inputs[2:]):
             raise OmniCoderError(f"a call exceeds the program's sequence limit ({self.max_seq_len}); lower --window")
-        outputs = dict(zip(self.output_names, self.method.execute([_tensor(f) for f in feeds]), strict=True))
-        binding.outputs = [outputs[name].numpy().copy().view(_Array) for name in binding.wanted]
+        outputs = dict(zip(self.output_names, self.method.execute([_tensor(f) for f in inputs]), strict=True))
+        return [outputs[name].numpy().copy().view(_Array) for name in wanted]
 
 
 class ExecuTorchIOBackend(OnnxBackend):
@@ -184,6 +162,13 @@ class ExecuTorchIOBackend(OnnxBackend):
         super().__init__(bundle, ExecuTorchSession(bundle, method), paging, **options)
         if self.context_length <= self.model_context:  # contiguous KV: every token stays, so the program's limit
             self.context_length = min(self.context_length, self.max_seq_len)
+
+    def _feed(self, array: np.ndarray) -> np.ndarray:
+        return array  # the program takes numpy arrays (converted to torch tensors per call)
+
+    def _run_values(self, feeds: dict, wanted: list[str]) -> list:
+        """OnnxBackend's one call into its session; feeds and earlier outputs here are numpy arrays."""
+        return self.session.run(feeds, wanted)
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for whole windows [B, W] from an empty cache, one row per call (the program takes batch 1)."""

@@ -183,11 +183,11 @@ class OnnxBackend:
         keep = [np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(positions, dtype=np.int64)]
         if isinstance(self.cache, SharedKVCache) and past is self.cache.feeds():
             return self._run_shared(keep[0], keep[1], mtp)
-        feeds = {"input_ids": _ort_value(keep[0]), "position_ids": _ort_value(keep[1])}
+        feeds = {"input_ids": self._feed(keep[0]), "position_ids": self._feed(keep[1])}
         for name, value in past.items():
             if isinstance(value, np.ndarray):  # paged / retention caches assemble numpy feeds
                 keep.append(np.ascontiguousarray(value))
-                value = _ort_value(keep[-1])
+                value = self._feed(keep[-1])
             feeds[name] = value
         signals = ["retention"] if getattr(self.cache, "wants_retention", False) else []
         wanted = ["logits", *(["mtp_logits"] if mtp else []), *signals, *self.layout.outputs, *self.query_outputs]
@@ -217,7 +217,12 @@ class OnnxBackend:
             self._shared = SharedBinding(self.session, pairs, self.vocab, self.n_mtp)
         return self._shared.run(ids, positions, mtp)
 
+    def _feed(self, array: np.ndarray):
+        """A numpy feed as the session takes it (a C-level onnxruntime value over the array, no copy)."""
+        return _ort_value(array)
+
     def _run_values(self, feeds: dict, wanted: list[str]) -> list:
+        """The one call into the session: feeds from `_feed` or earlier outputs, the wanted outputs in order."""
         try:
             return list(self.session._sess.run_with_ort_values(feeds, wanted, None))
         except ort.capi.onnxruntime_pybind11_state.Fail as exc:
