@@ -6,7 +6,7 @@
   entries are overwritten before they can be seen (no buffer zeroing or method reload needed).
 - `--kv io` bundles (`ExecuTorchIOBackend`): past/present KV tensors like the ONNX graph, so the runtimes'
   KV-cache interface (contiguous or paged, windowed, predicted pages, speculative rollback) drives it: it is
-  `OnnxBackend` over `ExecuTorchSession`, which answers the few onnxruntime session calls OnnxBackend makes.
+  `OnnxBackend` with its one session call (`_feed` / `_run_values`) running the program via `ExecuTorchSession`.
 
 The ExecuTorch Python runtime itself loads torch (accepted for this runner only); this module imports it,
 and executorch, lazily inside functions, so importing it stays torch-free.
