@@ -208,8 +208,7 @@ class OnnxBackend:
 
     def _run_shared(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict:
         """One call with the KV buffers bound as both past and present (runtimes/onnx_shared_binding.py)."""
-        if positions.max(initial=0) >= self.cache.capacity:
-            raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
+        self._check_shared_capacity(int(positions.max(initial=0)))
         if self._shared is None:
             pairs = [
                 (p, o, self.cache.buffers[p]) for p, o in zip(self.layout.inputs, self.layout.outputs, strict=True)
@@ -220,6 +219,10 @@ class OnnxBackend:
     def _feed(self, array: np.ndarray):
         """A numpy feed as the session takes it (a C-level onnxruntime value over the array, no copy)."""
         return _ort_value(array)
+
+    def _check_shared_capacity(self, last_position: int) -> None:
+        if last_position >= self.cache.capacity:
+            raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
 
     def _run_values(self, feeds: dict, wanted: list[str]) -> list:
         """The one call into the session: feeds from `_feed` or earlier outputs, the wanted outputs in order."""
@@ -235,8 +238,7 @@ class OnnxBackend:
 
     def _step_shared_token(self, token: int, position: int) -> np.ndarray:
         """A shared-KV decode step without the generic call path (about 30 us less Python per token)."""
-        if position >= self.cache.capacity:
-            raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
+        self._check_shared_capacity(position)
         logits = self._shared.run_token(token, position)
         self.cache.update({}, 1)
         return logits
