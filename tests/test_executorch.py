@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("executorch.exir", reason="the executorch extra is not installed")
+pytest.importorskip("executorch.exir", reason="executorch is not installed (pip install omnicoder[executorch])")
 
 from omnicoder.export.executorch_export import ExecuTorchExportOptions, export_executorch_bundle  # noqa: E402
 from omnicoder.runtimes import executorch_generate as runner  # noqa: E402
