@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every transitive version CI saw, torch's CPU wheel included; refresh with `make lock` (README, "The lock").
+LOCK := requirements.lock
+LOCK_VENV := build/lock-venv
 
-.PHONY: demo test app-tests lint setup clean
+.PHONY: demo test app-tests lint setup lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(LOCK) pip
+	$(BIN)/pip install -q -c $(LOCK) --build-constraint $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,6 +41,19 @@ app-tests:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Re-resolve pyproject.toml's ranges in a scratch venv and pin what it got (then run `make test` and commit).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip setuptools
+	$(LOCK_VENV)/bin/pip install -q -e '.[dev]'
+	{ echo "# pip constraints for make demo / make test: every transitive version, written by make lock"; \
+	  echo "# from pyproject.toml's ranges with $$($(LOCK_VENV)/bin/python --version) on $$(uname -m)"; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "wrote $(LOCK); run make test, then commit it"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
