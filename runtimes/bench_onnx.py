@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime as ort
+from omnicoder.runtimes.bench_calibration import CalibrationProbe
 from omnicoder.runtimes.bench_graph import graph_op_counts, profile_inventory
 from omnicoder.runtimes.bench_ops import OpPolicy, op_checks
 from omnicoder.runtimes.bench_result import ProviderResult
@@ -104,7 +105,12 @@ def bench_provider(
         vocab = bundle.model["vocab_size"]
         warm_up(backend, settings, vocab)  # profiled: which provider ran which node
         by_provider = profile_inventory(session.end_profiling())
-        speed = measure(backend, settings, vocab)
+        probe = None
+        if settings.calibrate:
+            probe = CalibrationProbe(
+                provider, settings.threads, settings.prefill_tokens, settings.decode_steps, Path(tmp)
+            )
+        speed = measure(backend, settings, vocab, probe.round if probe else None)
     if saved:
         counts, source = graph_op_counts(optimized), "optimized graph"
     else:
@@ -119,6 +125,7 @@ def bench_provider(
         ops_by_provider={p: dict(sorted(c.items())) for p, c in by_provider.items()},
         session_seconds=round(session_seconds, 3),
         speed=speed,
+        calibration=probe.speed() if probe else None,
         peak_rss_mb=round(peak_rss_mb(), 1),
         rss_growth_mb=None if rss_before is None or rss_after is None else round(rss_after - rss_before, 1),
     )

@@ -114,25 +114,33 @@ def checks_table(report: dict) -> str:
 def render(report: dict, history: list[dict]) -> str:
     """The whole page for one provider_bench.json document and its profile's history."""
     measured = [p for p in report["providers"] if p["status"] == "measured"]
+    calibrated = any(p.get("calibrated_ratios") for p in measured)
+    unit = "ratio to the calibration probe" if calibrated else "tok/s"
     charts = []
-    for label, key in (("decode", "decode_tok_s"), ("prefill", "prefill_tok_s")):
+    for label in ("decode", "prefill"):
+        name = f"{label} / calibration" if calibrated else f"{label} tok/s"
         rows = []
         for p in measured:
-            check = next((c for c in p["checks"] if c["name"] == f"{label} tok/s"), None)
-            rows.append((p["provider"], p["speed"][key], check and check["threshold"]))
-        charts.append(bar_chart(f"{label} tok/s (bars) vs floor (black ticks), {report['model_key']}", rows))
+            check = next((c for c in p["checks"] if c["name"] == name), None)
+            value = p["calibrated_ratios"][label] if calibrated else p["speed"][f"{label}_tok_s"]
+            rows.append((p["provider"], value, check and check["threshold"]))
+        charts.append(bar_chart(f"{label} {unit} (bars) vs floor (black ticks), {report['model_key']}", rows))
     series: dict[str, list[tuple[str, float]]] = {}
     for entry in history:
-        if entry["model"] == report["model_key"]:
-            series.setdefault(entry["provider"], []).append((entry["time"], entry["decode_tok_s"]))
+        if entry["model"] != report["model_key"] or (calibrated and "calibration" not in entry):
+            continue
+        value = entry["calibration"]["decode_ratio"] if calibrated else entry["decode_tok_s"]
+        series.setdefault(entry["provider"], []).append((entry["time"], value))
     floors = {}
     for p in measured:
-        series.setdefault(p["provider"], []).append((report["time"], p["speed"]["decode_tok_s"]))
-        check = next((c for c in p["checks"] if c["name"] == "decode tok/s"), None)
+        value = p["calibrated_ratios"]["decode"] if calibrated else p["speed"]["decode_tok_s"]
+        series.setdefault(p["provider"], []).append((report["time"], value))
+        name = "decode / calibration" if calibrated else "decode tok/s"
+        check = next((c for c in p["checks"] if c["name"] == name), None)
         if check and check["threshold"] is not None:
             floors[p["provider"]] = check["threshold"]
     charts.append(
-        history_chart(f"decode tok/s over time ({report['model_key']}, profile {report['profile']})", series, floors)
+        history_chart(f"decode {unit} over time ({report['model_key']}, profile {report['profile']})", series, floors)
     )
     bundle = report["bundle"]
     verdict = "PASS" if report["passed"] else "FAIL"

@@ -42,6 +42,15 @@ class Speed:
 
 
 @dataclass
+class ProbeSpeed:
+    """The calibration probe's speed in one bench run (omnicoder.runtimes.bench_calibration)."""
+
+    version: int
+    decode_runs_s: float  # 1 / median one-row run time over all rounds
+    prefill_rows_s: float  # median over rounds of rows / time of one prefill_tokens-row run
+
+
+@dataclass
 class ProviderResult:
     provider: str
     status: str  # "measured" | "skipped"
@@ -52,6 +61,7 @@ class ProviderResult:
     ops_by_provider: dict[str, dict[str, int]] = field(default_factory=dict)
     session_seconds: float = 0.0
     speed: Speed | None = None
+    calibration: ProbeSpeed | None = None  # the calibration probe's speed in the same run (calibrated profiles)
     peak_rss_mb: float = 0.0
     rss_growth_mb: float | None = None
     checks: list[Check] = field(default_factory=list)
@@ -60,8 +70,18 @@ class ProviderResult:
     def passed(self) -> bool:
         return self.status == "measured" and all(check.passed for check in self.checks)
 
+    def ratios(self) -> dict[str, float] | None:
+        """tok/s divided by the calibration probe's speed: decode / one-row runs/s, prefill / rows/s."""
+        if self.speed is None or self.calibration is None:
+            return None
+        return {
+            "decode": round(self.speed.decode_tok_s / self.calibration.decode_runs_s, 4),
+            "prefill": round(self.speed.prefill_tok_s / self.calibration.prefill_rows_s, 4),
+        }
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["checks"] = [check.to_dict() for check in self.checks]
+        data["calibrated_ratios"] = self.ratios()
         data["passed"] = self.passed
         return data

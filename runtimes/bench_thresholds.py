@@ -30,6 +30,7 @@ DEFAULT_HISTORY_LIMIT = 200
 # floors below what would catch a 3x regression.
 REFERENCE_RUNS = 5
 SPEEDS = (("decode", "min_decode_tok_s", "decode_tok_s"), ("prefill", "min_prefill_tok_s", "prefill_tok_s"))
+KINDS = ("decode", "prefill")
 
 
 def default_path() -> Path:
@@ -74,19 +75,40 @@ def settings_of(profile: dict, overrides: dict) -> BenchSettings:
 
 
 def speed_checks(result: ProviderResult, entry: dict | None, key: str) -> list[Check]:
-    """Measured tok/s against the floors of model `key`; a missing floor fails and says how to set one."""
+    """Measured speed against the floors of model `key`: tok/s against absolute floors, or, in a calibrated
+    profile, tok/s / the probe's speed against ratio floors. A missing floor fails and says how to set one."""
     floor = (entry or {}).get("floors", {}).get(key)
+    ratios = result.ratios()
+    if ratios is not None:
+        return [_ratio_check(result, floor, key, kind, ratios[kind]) for kind in KINDS]
     checks = []
     for label, field, measured in SPEEDS:
         value = getattr(result.speed, measured)
-        if floor is None:
-            note = f"no floor for {key} on this provider; record one with --update-thresholds"
+        if floor is None or field not in floor:
+            why = "no floor" if floor is None else "only calibrated (ratio) floors"
+            note = f"{why} for {key} on this provider; record one with --update-thresholds"
             checks.append(Check(result.provider, f"{label} tok/s", value, None, note))
         else:
             indicative = not floor.get("measured", False)
             note = "indicative placeholder, not measured on this device class" if indicative else ""
             checks.append(Check(result.provider, f"{label} tok/s", value, floor[field], note, indicative))
     return checks
+
+
+def _ratio_check(result: ProviderResult, floor: dict | None, key: str, kind: str, ratio: float) -> Check:
+    name, field = f"{kind} / calibration", f"min_{kind}_ratio"
+    tok_s = getattr(result.speed, f"{kind}_tok_s")
+    measured = f"{tok_s:g} tok/s over the probe's {getattr(result.calibration, _PROBE[kind]):g}"
+    if floor is None or field not in floor:
+        note = f"no calibrated floor for {key} on this provider; record one with --update-thresholds ({measured})"
+        return Check(result.provider, name, ratio, None, note)
+    if floor.get("probe_version") != result.calibration.version:
+        note = f"the floor was recorded with calibration probe v{floor.get('probe_version')}; re-record it"
+        return Check(result.provider, name, ratio, None, note)
+    return Check(result.provider, name, ratio, floor[field], measured)
+
+
+_PROBE = {"decode": "decode_runs_s", "prefill": "prefill_rows_s"}
 
 
 def round_down(value: float, digits: int = 2) -> float:
@@ -116,28 +138,13 @@ def update(document: dict, profile_name: str, results: list[ProviderResult], key
             h
             for h in history
             if (h["provider"], h["model"], h.get("threads")) == (result.provider, key, result.speed.threads)
-        ][-REFERENCE_RUNS:]
-        reference = {
-            "decode_tok_s": max(h["decode_tok_s"] for h in runs),
-            "prefill_tok_s": max(h["prefill_tok_s"] for h in runs),
-            "runs": len(runs),
-            "time": when,
-        }
-        floor = {
-            "min_decode_tok_s": round_down(reference["decode_tok_s"] * (1 - margin)),
-            "min_prefill_tok_s": round_down(reference["prefill_tok_s"] * (1 - margin)),
-            "measured": True,
-            "source": f"omnicoder-bench --update-thresholds on {host['machine']} ({host['cpus']} CPUs), {when}",
-            "safety_margin": margin,
-            "reference": reference,
-        }
+        ]
+        if result.calibration is not None:
+            floor, line = _ratio_floor(result, runs, margin, host, when)
+        else:
+            floor, line = _rate_floor(result, runs[-REFERENCE_RUNS:], margin, host, when)
         profile["providers"].setdefault(result.provider, {}).setdefault("floors", {})[key] = floor
-        lines.append(
-            f"{result.provider} {key}: decode floor {floor['min_decode_tok_s']:g} tok/s, prefill floor "
-            f"{floor['min_prefill_tok_s']:g} tok/s = (1 - {margin:g}) x the fastest of the last {len(runs)} run(s) "
-            f"(decode {reference['decode_tok_s']:g}, prefill {reference['prefill_tok_s']:g}; this run "
-            f"{result.speed.decode_tok_s:g}, {result.speed.prefill_tok_s:g})"
-        )
+        lines.append(f"{result.provider} {key}: {line}")
     if not profile["providers"]:  # a new profile with nothing recorded is not kept
         del document["profiles"][profile_name]
         return [*lines, f"profile {profile_name} not created: no provider passed its fused-op checks"]
@@ -146,6 +153,55 @@ def update(document: dict, profile_name: str, results: list[ProviderResult], key
     floors = [f for e in profile["providers"].values() for f in e.get("floors", {}).values()]
     profile["measured"] = bool(floors) and all(f["measured"] for f in floors)
     return lines
+
+
+def _rate_floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, when: str) -> tuple[dict, str]:
+    """Absolute floors: (1 - margin) x the fastest of the recent runs' tok/s medians."""
+    reference = {
+        "decode_tok_s": max(h["decode_tok_s"] for h in runs),
+        "prefill_tok_s": max(h["prefill_tok_s"] for h in runs),
+        "runs": len(runs),
+        "time": when,
+    }
+    floor = {
+        "min_decode_tok_s": round_down(reference["decode_tok_s"] * (1 - margin)),
+        "min_prefill_tok_s": round_down(reference["prefill_tok_s"] * (1 - margin)),
+        "measured": True,
+        "source": f"omnicoder-bench --update-thresholds on {host['machine']} ({host['cpus']} CPUs), {when}",
+        "safety_margin": margin,
+        "reference": reference,
+    }
+    line = (
+        f"decode floor {floor['min_decode_tok_s']:g} tok/s, prefill floor {floor['min_prefill_tok_s']:g} tok/s = "
+        f"(1 - {margin:g}) x the fastest of the last {len(runs)} run(s) (decode {reference['decode_tok_s']:g}, "
+        f"prefill {reference['prefill_tok_s']:g}; this run {result.speed.decode_tok_s:g}, "
+        f"{result.speed.prefill_tok_s:g})"
+    )
+    return floor, line
+
+
+def _ratio_floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, when: str) -> tuple[dict, str]:
+    """Calibrated floors: (1 - margin) x the best of the recent runs' ratios to the probe (same probe version)."""
+    version = result.calibration.version
+    runs = [h for h in runs if h.get("calibration", {}).get("version") == version][-REFERENCE_RUNS:]
+    reference = {f"{kind}_ratio": max(h["calibration"][f"{kind}_ratio"] for h in runs) for kind in KINDS}
+    floor = {
+        **{f"min_{kind}_ratio": round_down(reference[f"{kind}_ratio"] * (1 - margin)) for kind in KINDS},
+        "probe_version": version,
+        "measured": True,
+        "source": f"omnicoder-bench --update-thresholds (calibrated) on {host.get('cpu') or host['machine']} "
+        f"({host['cpus']} CPUs), {when}",
+        "safety_margin": margin,
+        "reference": {**reference, "runs": len(runs), "time": when},
+    }
+    ratios = result.ratios()
+    line = (
+        f"decode floor {floor['min_decode_ratio']:g}, prefill floor {floor['min_prefill_ratio']:g} x the "
+        f"calibration probe = (1 - {margin:g}) x the best of the last {len(runs)} run(s) (decode "
+        f"{reference['decode_ratio']:g}, prefill {reference['prefill_ratio']:g}; this run {ratios['decode']:g}, "
+        f"{ratios['prefill']:g})"
+    )
+    return floor, line
 
 
 def history_entry(result: ProviderResult, key: str, host: dict, when: str) -> dict:
@@ -165,4 +221,15 @@ def history_entry(result: ProviderResult, key: str, host: dict, when: str) -> di
             str(v) for v in (host["machine"], f"{host['cpus']} CPUs", host["system"], host.get("cpu")) if v
         ),
         "onnxruntime": host["onnxruntime"],
+        **({} if result.calibration is None else {"calibration": calibration_entry(result)}),
+    }
+
+
+def calibration_entry(result: ProviderResult) -> dict:
+    ratios = result.ratios()
+    assert result.calibration is not None and ratios is not None
+    return {
+        **result.calibration.__dict__,
+        "decode_ratio": ratios["decode"],
+        "prefill_ratio": ratios["prefill"],
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ class BenchSettings:
     decode_steps: int = 48
     repeats: int = 5
     warmup_steps: int = 8
+    calibrate: bool = False  # time the calibration probe each round; floors are then ratios (bench_calibration)
 
     def validate(self, context_length: int) -> BenchSettings:
         for name in ("prefill_tokens", "decode_steps", "repeats"):
@@ -56,13 +58,18 @@ def warm_up(backend: StepBackend, settings: BenchSettings, vocab: int) -> None:
         backend.step([token], [len(prompt) + i])
 
 
-def measure(backend: StepBackend, settings: BenchSettings, vocab: int) -> Speed:
-    """Time `repeats` rounds of prefill + decode (call warm_up first)."""
+def measure(
+    backend: StepBackend, settings: BenchSettings, vocab: int, before_round: Callable[[], None] | None = None
+) -> Speed:
+    """Time `repeats` rounds of prefill + decode (call warm_up first); `before_round` (the calibration probe)
+    runs at the start of each round, so both see the same moments of a shared machine."""
     prompt = tokens(settings.prefill_tokens, vocab, 0)
     positions = list(range(len(prompt)))
     prefill: list[float] = []
     steps: list[float] = []
     for round_ in range(settings.repeats):
+        if before_round is not None:
+            before_round()
         backend.reset()
         start = time.perf_counter()
         backend.step(prompt, positions)

@@ -297,11 +297,7 @@ def test_shipped_profiles():
     ci = document["profiles"]["ci-cpu"]
     cpu = ci["providers"][CPU]
     assert ci["measured"] and ci["bench"]["threads"] == 1 and cpu["fused_attention"]
-    floor = cpu["floors"]["omnicoder-tiny/int4"]
-    assert floor["measured"] and ci["history"]
-    for kind in ("decode", "prefill"):
-        ratio = floor[f"min_{kind}_tok_s"] / floor["reference"][f"{kind}_tok_s"]
-        assert 1 / 3 < ratio <= 1 / 2, (kind, ratio)  # a 3x slowdown fails, a 2x noisy one passes
+    assert cpu["floors"]["omnicoder-tiny/int4"]["measured"] and ci["history"]  # ratios: tests/test_provider_gate.py
     phones = {name: p for name, p in document["profiles"].items() if name != "ci-cpu"}
     assert {"iphone-13", "iphone-16", "pixel-8", "galaxy-s24", "ipad-m"} <= set(phones)
     for name, profile in phones.items():
