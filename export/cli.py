@@ -26,7 +26,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (the embedded model), a model directory, or hf:DIR (a Hugging Face checkpoint)",
+        help="'default' (the embedded model), a model directory, hf:DIR (a Hugging Face checkpoint) or gguf:FILE",
     )
     p.add_argument(
         "--weights",

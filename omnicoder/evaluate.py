@@ -14,9 +14,14 @@ from omnicoder.runtimes import scoring
 
 
 def bits_per_byte(
-    model: OmniCoder, docs: list[bytes], window: int | None = None, batch_size: int = 8, progress: bool = False
+    model: OmniCoder,
+    docs: list,
+    window: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    n_bytes: int | None = None,
 ) -> dict[str, float]:
-    """Teacher-forced bits per byte of `docs` (each scored from BOS; bytes only)."""
+    """Teacher-forced bits per byte of `docs` (id sequences, `scoring.encode_documents`; each scored from BOS)."""
     cfg = model.config
 
     @torch.no_grad()
@@ -26,7 +31,7 @@ def bits_per_byte(
         return model(ids_t, positions, heads=False).logits.float().numpy()
 
     return scoring.bits_per_byte(
-        logits_fn, docs, cfg.bos_id, cfg.pad_id, window or cfg.max_seq_len, batch_size, progress
+        logits_fn, docs, cfg.bos_id, cfg.pad_id, window or cfg.max_seq_len, batch_size, progress, n_bytes
     )
 
 

@@ -271,7 +271,12 @@ def convert_state(tensors: dict[str, torch.Tensor], config: OmniCoderConfig) -> 
 def model_from_hf(path: Path) -> OmniCoder:
     """Build the OmniCoder of an HF directory with its weights (float32, eval mode)."""
     config = config_from_hf(read_hf_config(path), name=f"hf-{path.resolve().name}")
-    state = convert_state(load_hf_tensors(path), config)
+    return model_from_state(config, load_hf_tensors(path), str(path))
+
+
+def model_from_state(config: OmniCoderConfig, tensors: dict[str, torch.Tensor], path: str) -> OmniCoder:
+    """The OmniCoder of `config` with HF-named `tensors` (from `path`, named in errors), float32, eval mode."""
+    state = convert_state(tensors, config)
     model = OmniCoder(config)
     expected = model.state_dict()
     wanted = set(expected) - ({"lm_head.weight"} if config.tie_embeddings else set())

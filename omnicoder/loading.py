@@ -1,6 +1,6 @@
-"""Load a model together with its tokenizer: `default`, a model directory, or `hf:DIR` (a Hugging Face
-checkpoint of the Llama family, converted on load by `omnicoder.hf_import`). Byte models use the byte
-tokenizer; others their tokenizer.json."""
+"""Load a model together with its tokenizer: `default`, a model directory, `hf:DIR` (a Hugging Face
+checkpoint of the Llama family, converted on load by `omnicoder.hf_import`) or `gguf:FILE` (a llama.cpp file,
+`omnicoder.gguf_import`). Byte models use the byte tokenizer; others their tokenizer.json."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from omnicoder.weights import load_model
 
 
 def load_model_and_tokenizer(name: str | Path) -> tuple[OmniCoder, Tokenizer]:
+    from omnicoder.gguf_import import is_gguf_name, load_gguf_model_and_tokenizer
     from omnicoder.hf_import import is_hf_name, load_hf_model_and_tokenizer
 
     if is_hf_name(name):
         return load_hf_model_and_tokenizer(name)
+    if is_gguf_name(name):
+        return load_gguf_model_and_tokenizer(name)
     model = load_model(name)
     c = model.config
     if c.tokenizer == "byte":

@@ -102,21 +102,21 @@ def paging_policy(args, bundle):
 
 def score(backend, bundle, files: list[str], window: int) -> dict:
     """Bits per byte of `files`: windowed teacher forcing, or one streamed sequence through a paged cache."""
-    from omnicoder.runtimes.scoring import bits_per_byte, read_files, streaming_bits_per_byte
+    from omnicoder.runtimes.scoring import bits_per_byte, encode_documents, read_files, streaming_bits_per_byte
 
-    if bundle.manifest["tokenizer"]["type"] != "omnicoder-byte":
-        raise OmniCoderError("--score measures bits per byte and needs a byte-level model bundle")
-    docs = read_files(files, "--score")
+    byte_level = bundle.manifest["tokenizer"]["type"] == "omnicoder-byte"
+    docs, n_bytes = encode_documents(bundle.tokenizer(), read_files(files, "--score"), byte_level, "--score")
     streamed = getattr(backend, "paging", None) is not None or getattr(backend, "retention", None) is not None
     if streamed:  # each file as one sequence through the paged / budgeted cache
-        result = streaming_bits_per_byte(backend, docs, bundle.model["bos_id"], progress=True)
+        result = streaming_bits_per_byte(backend, docs, bundle.model["bos_id"], progress=True, n_bytes=n_bytes)
         result["files"] = len(docs)
         return result
     context = backend.context_length
     if window > context:
         raise OmniCoderError(f"--score-window {window} exceeds the bundle's context {context}")
+    model = bundle.model
     result = bits_per_byte(
-        backend.full_logits, docs, bundle.model["bos_id"], bundle.model["pad_id"], window or context, progress=True
+        backend.full_logits, docs, model["bos_id"], model["pad_id"], window or context, progress=True, n_bytes=n_bytes
     )
     result["files"] = len(docs)
     return result
@@ -131,7 +131,10 @@ def run(args, make_backend: Callable) -> int:
     if args.score:
         bundle = open_bundle(args.bundle)
         result = score(make_backend(bundle), bundle, args.score, args.score_window)
-        print(f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes in {result['files']} file(s)")
+        print(
+            f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes ({result['tokens']} tokens, "
+            f"perplexity {result['token_perplexity']:.3f}) in {result['files']} file(s)"
+        )
         if args.json:
             print(json.dumps(result))
         return 0

@@ -249,6 +249,21 @@ def test_eval_cli_scores_hf_model_per_byte(hf_root, tmp_path, capsys):
     nats = -logp.gather(1, ids[0, 1:, None]).sum().item()
     assert result["bytes"] == len(text.encode()) and result["tokens"] == ids.shape[1] - 1
     assert result["bits_per_byte"] == pytest.approx(nats / np.log(2) / len(text.encode()), rel=1e-4)
+    assert result["token_perplexity"] == pytest.approx(np.exp(nats / result["tokens"]), rel=1e-4)
+    # the torch-free runner scores the exported bundle the same way (any tokenizer, not only bytes)
+    from omnicoder.export.cli import main as export_main
+    from omnicoder.runtimes.onnx_decode_generate import main as runner_main
+
+    out = tmp_path / "bundle"
+    assert export_main(["--model", f"hf:{directory}", "--weights", "fp32", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert runner_main(["--bundle", str(out), "--score", str(tmp_path / "a.py"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (scored["bytes"], scored["tokens"]) == (result["bytes"], result["tokens"])
+    assert scored["bits_per_byte"] == pytest.approx(result["bits_per_byte"], rel=1e-4)
+    (tmp_path / "bad.py").write_bytes(b"ok \xff\n")
+    assert runner_main(["--bundle", str(out), "--score", str(tmp_path / "bad.py")]) == 2
+    assert "file 1 is not UTF-8 text" in capsys.readouterr().err
 
 
 def test_mla_sliding_window_onnx_matches_eager(tmp_path):

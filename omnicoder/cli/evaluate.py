@@ -37,20 +37,6 @@ def truncate(docs: list[bytes], max_bytes: int) -> list[bytes]:
     return out
 
 
-def subword_bits_per_byte(model, tokenizer, docs: list[bytes], window: int | None) -> dict:
-    """A subword model's bits per byte: the bits of each document's tokens (scored from BOS) over its bytes.
-
-    The shared scorer reads a document as a sequence of ids, so token id lists go through it unchanged.
-    """
-    from omnicoder.evaluate import bits_per_byte
-
-    token_docs = [tokenizer.encode(doc.decode("utf-8", errors="replace")) for doc in docs]
-    scored = bits_per_byte(model, token_docs, window=window, batch_size=1, progress=True)  # per token
-    n_bytes = sum(len(doc) for doc in docs)
-    bits = scored["bits_per_byte"] * scored["bytes"]
-    return {"bits_per_byte": bits / max(n_bytes, 1), "bytes": n_bytes, "tokens": scored["bytes"]}
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -67,16 +53,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from omnicoder.evaluate import bits_per_byte, compressor_bits_per_byte
     from omnicoder.loading import load_model_and_tokenizer
+    from omnicoder.runtimes.scoring import encode_documents
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(args.model)
     if args.window > model.config.max_seq_len:
         raise OmniCoderError(f"--window {args.window} exceeds the model's context {model.config.max_seq_len}")
-    if model.config.tokenizer == "byte":
-        result = bits_per_byte(model, docs, window=args.window or None, progress=True)
-    else:
-        result = subword_bits_per_byte(model, tokenizer, docs, args.window or None)
+    byte_level = model.config.tokenizer == "byte"
+    token_docs, n_bytes = encode_documents(tokenizer, docs, byte_level, "--files")
+    batch = 8 if byte_level else 1  # subword documents differ in length: no padding waste
+    result = bits_per_byte(model, token_docs, args.window or None, batch, progress=True, n_bytes=n_bytes)
     result.update(compressor_bits_per_byte(docs))
     result["files"] = len(docs)
     print(f"bits per byte: {result['bits_per_byte']:.4f} over {result['bytes']} bytes in {len(docs)} file(s)")
