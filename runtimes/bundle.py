@@ -10,35 +10,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+
+from omnicoder.runtimes import bundle_checks
+from omnicoder.runtimes.input_files import (
+    MAX_TOKENIZER_BYTES,
+    SCHEMA_DIR,
+    load_schema,
+    parse_json,
+    read_bytes,
+    read_json,
+    read_text,
+    validate,
+)
 
 from omnicoder.errors import OmniCoderError
+
+__all__ = ["SCHEMA_DIR", "Bundle", "finalize_bundle", "load_schema", "open_bundle", "safe_member", "validate"]
 
 FORMAT = "omnicoder-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SIDECAR_SCHEMAS = {"kv_paging": "kv_paging.schema.json", "retention": "retention.schema.json"}
-
-
-@cache
-def load_schema(name: str) -> dict:
-    return json.loads((SCHEMA_DIR / name).read_text())
-
-
-def validate(document: Any, schema_name: str, what: str) -> None:
-    """Raise OmniCoderError naming the first schema violation of `document`."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
-        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
-        raise OmniCoderError(f"{what} is invalid at {where}: {err.message}")
+FIX = "re-export the bundle with omnicoder-export"
+MAX_NAME = 1024  # characters of a path in the manifest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -52,8 +48,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def safe_member(root: Path, name: str) -> Path:
     """Resolve a manifest path inside the bundle; reject absolute paths and paths that leave it."""
     pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts or name.strip() == "" or "\\" in name:
-        raise OmniCoderError(f"bundle file path {name!r} leaves the bundle; re-export the bundle")
+    bad = pure.is_absolute() or ".." in pure.parts or name.strip() == "" or "\\" in name or "\x00" in name
+    if bad or len(name) > MAX_NAME or any(len(part) > 255 for part in pure.parts):
+        raise OmniCoderError(f"bundle file path {name[:MAX_NAME]!r} leaves the bundle; re-export the bundle")
     path = (root / pure).resolve()
     if root.resolve() not in path.parents:
         raise OmniCoderError(f"bundle file path {name!r} leaves the bundle; re-export the bundle")
@@ -77,10 +74,11 @@ def finalize_bundle(directory: Path, manifest: dict) -> dict:
 
 @dataclass
 class Bundle:
-    """A verified bundle on disk."""
+    """A verified bundle on disk: its manifest, and its sidecars read and checked against it."""
 
     path: Path
     manifest: dict
+    sidecars: dict[str, dict] = field(default_factory=dict)
 
     def file(self, name: str) -> Path:
         return safe_member(self.path, name)
@@ -99,41 +97,72 @@ class Bundle:
         return self.graph.get("kv", {}).get("io") == "shared"
 
     def sidecar(self, kind: str) -> dict | None:
+        """A sidecar by kind (kv_paging, retention), schema-valid and consistent with the manifest; None if absent."""
         name = self.manifest["sidecars"].get(kind)
         if name is None:
             return None
-        data = json.loads(self.file(name).read_text())
-        if kind in SIDECAR_SCHEMAS:
-            validate(data, SIDECAR_SCHEMAS[kind], name)
-        return data
+        if kind not in self.sidecars:
+            self.sidecars[kind] = read_sidecar(self, kind, name)
+        return self.sidecars[kind]
 
     def tokenizer(self):
-        from omnicoder.tokenizer import load_tokenizer
+        """The bundle's tokenizer, read through input_files and checked against the model's vocabulary."""
+        from omnicoder.tokenizer import tokenizer_from_json
 
-        return load_tokenizer(self.file(self.manifest["tokenizer"]["file"]), self.model["bos_id"], self.model["eos_id"])
+        name = self.manifest["tokenizer"]["file"]
+        text = read_text(self.file(name), "bundle tokenizer", FIX, MAX_TOKENIZER_BYTES)
+        spec = parse_json(text, f"bundle tokenizer {name}", FIX, check_depth=False)
+        if self.manifest["tokenizer"]["type"] == "omnicoder-byte":
+            bundle_checks.check_byte_tokenizer(self.manifest, spec, name)
+        try:
+            tokenizer = tokenizer_from_json(text, self.model["bos_id"], self.model["eos_id"])
+        except OmniCoderError:
+            raise
+        except Exception as exc:  # the tokenizers library reports a malformed file as a bare Exception
+            raise OmniCoderError(f"bundle tokenizer {name} cannot be loaded ({str(exc)[:200]}); {FIX}") from None
+        if tokenizer.vocab_size > self.model["vocab_size"]:
+            raise OmniCoderError(
+                f"bundle tokenizer {name} has {tokenizer.vocab_size} tokens, more than model.vocab_size "
+                f"{self.model['vocab_size']}: it could emit ids the model has no row for; {FIX}"
+            )
+        return tokenizer
 
 
-def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read and check a bundle: schema, format version, paths, and (verify=True) sizes + sha256 of every file."""
-    root = Path(path)
-    if not root.is_dir():
-        raise OmniCoderError(f"bundle {root} does not exist; export one with omnicoder-export --out {root}")
+def read_sidecar(bundle: Bundle, kind: str, name: str) -> dict:
+    """Read a sidecar (schema-validated for the kinds we know) and cross-check it against the manifest."""
+    data = read_json(bundle.file(name), "bundle sidecar", FIX, SIDECAR_SCHEMAS.get(kind))
+    check = bundle_checks.SIDECAR_CHECKS.get(kind)
+    if check is not None:
+        check(bundle.manifest, data, name)
+    return data
+
+
+def read_manifest(root: Path) -> dict:
+    """manifest.json: read, format and version checked, schema-valid and consistent in itself."""
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise OmniCoderError(f"{root} has no {MANIFEST}; it is not an OmniCoder bundle (re-export it)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise OmniCoderError(f"{manifest_path} is not valid JSON ({exc.msg}); re-export the bundle") from None
+    manifest = read_json(manifest_path, "bundle manifest", FIX)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise OmniCoderError(f"{manifest_path} is not an OmniCoder bundle manifest (format != {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise OmniCoderError(
-            f"bundle format version {version} is not supported (this omnicoder reads version {FORMAT_VERSION}); "
-            "re-export the bundle with this version"
+            f"bundle format version {str(version)[:40]} is not supported (this omnicoder reads version "
+            f"{FORMAT_VERSION}); re-export the bundle with this version"
         )
-    validate(manifest, "manifest.schema.json", str(manifest_path))
+    validate(manifest, "manifest.schema.json", str(manifest_path), FIX)
+    bundle_checks.check_manifest(manifest)
+    return manifest
+
+
+def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read and check a bundle: schema, format version, paths, cross-checks of the manifest, sidecars and byte
+    tokenizer, and (verify=True) sizes + sha256 of every file."""
+    root = Path(path)
+    if str(path) == "" or not root.is_dir():
+        raise OmniCoderError(f"bundle {root} does not exist; export one with omnicoder-export --out {root}")
+    manifest = read_manifest(root)
     for name, entry in manifest["files"].items():
         member = safe_member(root, name)
         if not member.is_file():
@@ -152,5 +181,12 @@ def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
             raise OmniCoderError(f"manifest.json refers to {name}, which is not in its file list; re-export")
     bundle = Bundle(root, manifest)
     for kind in manifest["sidecars"]:
-        bundle.sidecar(kind)
+        if kind in SIDECAR_SCHEMAS:
+            bundle.sidecar(kind)
+    if manifest["tokenizer"]["type"] == "omnicoder-byte":
+        tokenizer = manifest["tokenizer"]["file"]
+        spec = read_json(bundle.file(tokenizer), "bundle tokenizer", FIX)
+        bundle_checks.check_byte_tokenizer(manifest, spec, tokenizer)
+    else:
+        read_bytes(bundle.file(manifest["tokenizer"]["file"]), "bundle tokenizer", FIX, MAX_TOKENIZER_BYTES)
     return bundle
