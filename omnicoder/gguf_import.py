@@ -76,6 +76,7 @@ class GGUFModel:
     tokenizer_json: str
     add_bos: bool
     chat_template: str | None
+    stop_ids: list[int]  # EOS, end of turn (tokenizer.ggml.eot_token_id) and EOM ids
     blocks: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)  # HF name -> (type, raw rows)
 
 
@@ -187,6 +188,11 @@ def read_gguf(path: Path) -> GGUFModel:
         tokenizer_json=_tokenizer_json(config["model_type"], tokenizer, path),
         add_bos=bool(_metadata(reader, "tokenizer.ggml.add_bos_token", False)),
         chat_template=tokenizer_config.get("chat_template"),
+        stop_ids=[
+            int(value)
+            for key in ("eos_token_id", "eot_token_id", "eom_token_id")
+            if (value := _metadata(reader, f"tokenizer.ggml.{key}")) is not None
+        ],
         blocks=blocks,
     )
 
@@ -200,5 +206,12 @@ def load_gguf_model_and_tokenizer(name: str | Path) -> tuple[OmniCoder, HFTokeni
     config = config_from_hf(gguf.config, name=f"gguf-{path.stem}")
     model = model_from_state(config, gguf.tensors, str(path))
     model.gguf_blocks = gguf.blocks
-    tokenizer = HFTokenizer(gguf.tokenizer_json, bos_id=config.bos_id, eos_id=config.eos_id)
+    tokenizer = HFTokenizer(
+        gguf.tokenizer_json,
+        bos_id=config.bos_id,
+        eos_id=config.eos_id,
+        add_bos=gguf.add_bos,
+        stop_ids=gguf.stop_ids,
+        chat_template=gguf.chat_template,
+    )
     return model, tokenizer

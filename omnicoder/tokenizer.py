@@ -109,7 +109,15 @@ class _HFStreamDecoder:
 class HFTokenizer:
     """Adapter over a Hugging Face `tokenizer.json` (BPE, Unigram, ...) with the same interface."""
 
-    def __init__(self, json_text: str, bos_id: int, eos_id: int) -> None:
+    def __init__(
+        self,
+        json_text: str,
+        bos_id: int,
+        eos_id: int,
+        add_bos: bool = True,
+        stop_ids: list[int] | None = None,
+        chat_template: str | None = None,
+    ) -> None:
         try:
             from tokenizers import Tokenizer as _Tok
         except ImportError:
@@ -121,6 +129,9 @@ class HFTokenizer:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.add_bos = add_bos  # whether the model's own tokenizer starts a sequence with BOS
+        self.stop_ids = sorted({eos_id, *(stop_ids or [])} - {-1})  # every id that ends generation
+        self.chat_template = chat_template  # Jinja chat template, when the checkpoint ships one
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids

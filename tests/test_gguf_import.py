@@ -131,6 +131,7 @@ def test_logits_match_transformers_gguf_loading(gguf_files, family):
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     text = "def fibonacci(n):\n    return n"
     assert tokenizer.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False)
+    assert (tokenizer.add_bos, tokenizer.stop_ids, tokenizer.chat_template) == (False, [1], TEMPLATE)
 
 
 def test_quantized_blocks_are_kept_for_the_transcode(gguf_files):
