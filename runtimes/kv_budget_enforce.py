@@ -28,7 +28,7 @@ from omnicoder.runtimes.kv_budget import (
     plan_paging,
 )
 
-from omnicoder.cliutil import ArgumentParser
+from omnicoder.cliutil import MEGABYTES, TOKENS, ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
 
 QUANTIZED_KV = ("u8", "nf4")
@@ -37,8 +37,8 @@ QUANTIZED_KV = ("u8", "nf4")
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-kv-budget", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, help="bundle directory written by omnicoder-export")
-    p.add_argument("--budget-mb", type=float, required=True, help="RAM for resident KV, in MB (MiB)")
-    p.add_argument("--context", type=int, help="tokens of context to plan for (default: the model's context)")
+    p.add_argument("--budget-mb", type=MEGABYTES, required=True, help="RAM for resident KV, in MB (MiB)")
+    p.add_argument("--context", type=TOKENS, help="tokens of context to plan for (default: the model's context)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON on stdout's last line")
     return p
 

@@ -26,7 +26,7 @@ from omnicoder.runtimes.kv_budget import (
     weights_bytes,
 )
 
-from omnicoder.cliutil import ArgumentParser
+from omnicoder.cliutil import TOKENS, ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
 
 FILE_NAME = "devices.json"
@@ -152,7 +152,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-mobile-check", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, help="bundle directory written by omnicoder-export")
     p.add_argument("--device", required=True, help="device name in the devices file (e.g. iphone-15, pixel-8)")
-    p.add_argument("--context", type=int, help="tokens of context to budget KV for (default: the model's context)")
+    p.add_argument("--context", type=TOKENS, help="tokens of context to budget KV for (default: the model's context)")
     p.add_argument("--devices", help="devices file (default profiles/devices.json)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON on stdout's last line")
     return p

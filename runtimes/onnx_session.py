@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
+from omnicoder.runtimes.graph_checks import ORT_ERRORS, check_allocation, check_session, ort_message
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout, SharedKVCache
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
@@ -16,6 +17,8 @@ from omnicoder.runtimes.onnx_shared_binding import SharedBinding
 from omnicoder.errors import OmniCoderError
 
 RETENTION_CHUNK = 8  # tokens per call under a retention budget (the policy acts between calls)
+MAX_THREADS = 1024
+STEP_FIX = "the bundle's manifest may not describe its graph (graph.kv); re-export the bundle"
 
 
 def session_options(
@@ -23,6 +26,8 @@ def session_options(
     optimized_path: str | Path | None = None,
     level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 ):
+    if not 0 <= threads <= MAX_THREADS:
+        raise OmniCoderError(f"--threads must be from 0 to {MAX_THREADS}, got {threads}")
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     if threads > 0:
@@ -67,8 +72,10 @@ def create_session(
             sess_options=session_options(threads, optimized_path),
             providers=resolve_providers(provider),
         )
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
-        raise OmniCoderError(f"onnxruntime cannot load {bundle.graph['file']}: {str(exc).splitlines()[0]}") from None
+    except ORT_ERRORS as exc:
+        raise OmniCoderError(
+            f"onnxruntime cannot load {bundle.graph['file']}: {ort_message(exc)}; re-export the bundle"
+        ) from None
 
 
 def _device_buffer(shape: tuple[int, ...], dtype: np.dtype):
@@ -97,6 +104,7 @@ class OnnxBackend:
         paging: PagingPolicy | None = None,
         retention: RetentionPolicy | None = None,
     ) -> None:
+        self.check_graph(bundle, session)  # before anything is sized from the manifest
         self.session = session
         self.model_context = bundle.model["context_length"]
         self.n_mtp = bundle.model["n_mtp"]
@@ -112,6 +120,11 @@ class OnnxBackend:
                     "retention need a bundle exported with --kv-io present"
                 )
             self.context_length = self.model_context
+            check_allocation(
+                self.model_context * self.layout.bytes_per_token(),
+                f"this --kv-io shared bundle's KV buffers for its context of {self.model_context} tokens",
+                "re-export it with a shorter --context or with --kv-io present",
+            )
             self.cache = SharedKVCache(self.layout, self.model_context, _device_buffer)
         elif retention is not None:
             if paging is not None:
@@ -124,6 +137,10 @@ class OnnxBackend:
             self.context_length = self.model_context
             self.cache = ContiguousKVCache(self.layout)
         else:
+            if paging.page_len > self.model_context:
+                raise OmniCoderError(
+                    f"--page-len {paging.page_len} is longer than the model's context ({self.model_context}); lower it"
+                )
             attended = paging.window + (paging.sink_pages + paging.predicted_pages + 1) * paging.page_len
             if paging.window > 0 and attended > self.model_context:
                 raise OmniCoderError(
@@ -149,7 +166,18 @@ class OnnxBackend:
             self.query_outputs = {kv["query"].format(layer=i): i for i in range(bundle.model["n_layers"])}
         self.last_queries: dict[str, np.ndarray] = {}
         self.output_names = [o.name for o in session.get_outputs()]
+        missing = sorted(set(self.query_outputs) - set(self.output_names))
+        if missing:
+            raise OmniCoderError(
+                f"manifest.json names query outputs ({missing[0]}) the graph does not have; re-export the bundle "
+                "with --query-outputs"
+            )
         self._present_to_past = dict(zip(self.layout.outputs, self.layout.inputs, strict=True))
+
+    def check_graph(self, bundle: Bundle, session) -> None:
+        """The manifest against the loaded graph (runtimes/graph_checks.py); other sessions check their own."""
+        if isinstance(session, ort.InferenceSession):
+            check_session(bundle, session)
 
     def reset(self) -> None:
         self.cache.reset()
@@ -214,7 +242,10 @@ class OnnxBackend:
                 (p, o, self.cache.buffers[p]) for p, o in zip(self.layout.inputs, self.layout.outputs, strict=True)
             ]
             self._shared = SharedBinding(self.session, pairs, self.vocab, self.n_mtp)
-        return self._shared.run(ids, positions, mtp)
+        try:
+            return self._shared.run(ids, positions, mtp)
+        except ORT_ERRORS as exc:
+            raise OmniCoderError(f"onnxruntime failed in a decode step: {ort_message(exc)}; {STEP_FIX}") from None
 
     def _feed(self, array: np.ndarray):
         """A numpy feed as the session takes it (a C-level onnxruntime value over the array, no copy)."""
@@ -228,8 +259,8 @@ class OnnxBackend:
         """The one call into the session: feeds from `_feed` or earlier outputs, the wanted outputs in order."""
         try:
             return list(self.session._sess.run_with_ort_values(feeds, wanted, None))
-        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
-            raise OmniCoderError(f"onnxruntime failed in a decode step: {str(exc).splitlines()[0]}") from None
+        except ORT_ERRORS as exc:
+            raise OmniCoderError(f"onnxruntime failed in a decode step: {ort_message(exc)}; {STEP_FIX}") from None
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
         if len(ids) == 1 and self._shared is not None:
@@ -239,7 +270,10 @@ class OnnxBackend:
     def _step_shared_token(self, token: int, position: int) -> np.ndarray:
         """A shared-KV decode step without the generic call path (about 30 us less Python per token)."""
         self._check_shared_capacity(position)
-        logits = self._shared.run_token(token, position)
+        try:
+            logits = self._shared.run_token(token, position)
+        except ORT_ERRORS as exc:
+            raise OmniCoderError(f"onnxruntime failed in a decode step: {ort_message(exc)}; {STEP_FIX}") from None
         self.cache.update({}, 1)
         return logits
 

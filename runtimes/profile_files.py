@@ -3,10 +3,9 @@ Torch-free."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from omnicoder.errors import OmniCoderError
+from omnicoder.runtimes.input_files import read_json
 
 
 def default_path(file_name: str) -> Path:
@@ -16,14 +15,6 @@ def default_path(file_name: str) -> Path:
 
 
 def load_profile_file(path: Path, schema: str, flag: str) -> dict:
-    """Read and schema-validate a profiles JSON file; errors name the file and the flag that picks another."""
-    from omnicoder.runtimes.bundle import validate
-
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OmniCoderError(f"{path} does not exist; pass {flag} FILE") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OmniCoderError(f"cannot read {path}: {exc}") from None
-    validate(document, schema, str(path))
-    return document
+    """Read and schema-validate a profiles JSON file (runtimes/input_files.py); errors name the file and the flag
+    that picks another."""
+    return read_json(path, "profile file", f"fix it or pass {flag} FILE", schema)

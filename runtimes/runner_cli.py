@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from omnicoder.cliutil import ArgumentParser, add_sampling_args, read_prompt
+from omnicoder.cliutil import COUNT, MEGABYTES, THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import OmniCoderError
 
 
@@ -21,25 +21,25 @@ def build_parser(prog: str, description: str | None, target: str, threads_help: 
     p.add_argument("--bundle", required=True, help=f"bundle directory written by omnicoder-export --target {target}")
     add_sampling_args(p)
     p.add_argument("--score", nargs="+", metavar="FILE", help="report bits per byte of these files instead")
-    p.add_argument("--score-window", type=int, default=0, help="--score: tokens per window (default: the context)")
-    p.add_argument("--threads", type=int, default=0, help=threads_help)
+    p.add_argument("--score-window", type=COUNT, default=0, help="--score: tokens per window (default: the context)")
+    p.add_argument("--threads", type=THREADS, default=0, help=threads_help)
     p.add_argument("--json", action="store_true", help="print stats (or the score) as JSON on the last line")
     kv = p.add_argument_group("KV paging (see docs/bundle.md)")
-    kv.add_argument("--window", type=int, default=None, help="tokens of recent context attended (enables paging)")
+    kv.add_argument("--window", type=COUNT, default=None, help="tokens of recent context attended (enables paging)")
     kv.add_argument(
         "--sink-pages",
-        type=int,
+        type=COUNT,
         default=0,
         help="pages at the start always attended (StreamingLLM sinks; 0 suits omnicoder-tiny)",
     )
     kv.add_argument(
         "--predicted-pages",
-        type=int,
+        type=COUNT,
         default=0,
         help="extra pages attended per step, chosen by the last query against page key summaries",
     )
-    kv.add_argument("--kv-ram-budget-mb", type=float, default=0, help="resident KV before pages spill to disk")
-    kv.add_argument("--page-len", type=int, default=0, help="tokens per page (default: the bundle's sidecar)")
+    kv.add_argument("--kv-ram-budget-mb", type=MEGABYTES, default=0, help="resident KV before pages spill to disk")
+    kv.add_argument("--page-len", type=COUNT, default=0, help="tokens per page (default: the bundle's sidecar)")
     ret = p.add_argument_group("KV retention under a budget (see docs/bundle.md, model.retention.json)")
     ret.add_argument(
         "--retention",
@@ -48,7 +48,7 @@ def build_parser(prog: str, description: str | None, target: str, threads_help: 
         help="learned: the model's retention head (rank + NF4 compress); streaming: sinks + recent; h2o: heavy hitters",
     )
     ret.add_argument(
-        "--kv-budget-mb", type=float, default=0, help="--retention: resident KV budget (default: the sidecar's)"
+        "--kv-budget-mb", type=MEGABYTES, default=0, help="--retention: resident KV budget (default: the sidecar's)"
     )
     return p
 
