@@ -9,8 +9,11 @@ from __future__ import annotations
 import shlex
 import sys
 
-from omnicoder.cliutil import ArgumentParser
+from omnicoder.cliutil import ArgumentParser, int_in
 from omnicoder.errors import OmniCoderError, cli_main
+
+MAX_TOKENS = 1 << 24  # the largest context a bundle may declare (runtimes/schemas/manifest.schema.json)
+MIN_OPSET, MAX_OPSET = 23, 24  # the standard Attention op; the newest opset the exporter's ops are written for
 
 # target -> (module, weight modes, KV modes; the first is the default)
 TARGETS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -40,8 +43,15 @@ def build_parser() -> ArgumentParser:
         help="onnx: KV dtype fp32 (default) | fp16 | u8 | nf4; executorch: buffer (default) | io; "
         "coreml: state (default) | stream",
     )
-    p.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
-    p.add_argument("--opset", type=int, default=23)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="bundle directory to write: new, empty, or an unchanged bundle (replaced atomically); never anything else",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="also replace a bundle at --out whose files were changed since export"
+    )
+    p.add_argument("--opset", type=int_in(1, 1000), default=MIN_OPSET, help="onnx: the ONNX opset (23 or 24)")
     p.add_argument(
         "--attention",
         default="onnx",
@@ -71,18 +81,25 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="onnx: also output each layer's queries (needed by --predicted-pages and --retention h2o)",
     )
-    p.add_argument("--page-len", type=int, default=64, help="tokens per KV page in the paging sidecar")
     p.add_argument(
-        "--context", type=int, default=0, help="export a long-context variant (e.g. 32768, 131072) with RoPE scaling"
+        "--page-len", type=int_in(1, MAX_TOKENS), default=64, help="tokens per KV page in the paging sidecar"
+    )
+    p.add_argument(
+        "--context",
+        type=int_in(0, MAX_TOKENS),
+        default=0,
+        help="export a long-context variant (e.g. 32768, 131072) with RoPE scaling",
     )
     p.add_argument("--rope-scaling", default="yarn", choices=("yarn", "linear"), help="scaling for --context")
     p.add_argument(
         "--max-seq-len",
-        type=int,
+        type=int_in(0, MAX_TOKENS),
         default=0,
         help="executorch --kv buffer / coreml --kv state: KV capacity in tokens (default: the model's context)",
     )
-    p.add_argument("--kv-group", type=int, default=32, help="onnx --kv u8/nf4: values per scale (power of two)")
+    p.add_argument(
+        "--kv-group", type=int_in(2, 65536), default=32, help="onnx --kv u8/nf4: values per scale (power of two)"
+    )
     p.add_argument(
         "--kv-rotation",
         default="auto",
@@ -115,14 +132,32 @@ def _resolve_modes(args) -> None:
         raise OmniCoderError(f"--page-len must be > 0, got {args.page_len}")
     if args.max_seq_len < 0:
         raise OmniCoderError(f"--max-seq-len must be >= 0, got {args.max_seq_len}")
+    if args.kv_group & (args.kv_group - 1):
+        raise OmniCoderError(f"--kv-group {args.kv_group} must be a power of two (e.g. 32)")
+    if args.target == "onnx" and not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise OmniCoderError(f"--opset {args.opset} is not supported; use {MIN_OPSET} or {MAX_OPSET}")
+
+
+def check_finite_weights(model) -> None:
+    """Refuse weights with NaN or Inf: the bundle would run and emit garbage."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise OmniCoderError(
+                f"the model's weights hold NaN or Inf ({name}); the checkpoint is corrupt: retrain it or re-download it"
+            )
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     import importlib
 
+    from omnicoder.export.out_dir import check_out, check_replaceable
+
     args = build_parser().parse_args(argv)
     _resolve_modes(args)
+    check_out(args.out, args.force)  # before anything is loaded or written
     module_name = TARGETS[args.target][0]
     try:
         module = importlib.import_module(module_name)
@@ -135,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     from omnicoder.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model)
+    check_finite_weights(model)
     if args.context:
         from omnicoder.long_context import extend_context
 
         model = extend_context(model, args.context, args.rope_scaling)
     command = "omnicoder-export " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    manifest = module.export_from_cli(model, tokenizer, args, command)
+    from omnicoder.fsutil import replacement_guard
+
+    with replacement_guard(lambda path: check_replaceable(path, args.out, args.force)):
+        manifest = module.export_from_cli(model, tokenizer, args, command)
     size = sum(f["bytes"] for f in manifest["files"].values())
     info = manifest["export"]
     print(

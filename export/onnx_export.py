@@ -134,6 +134,7 @@ def _metadata_props(config: OmniCoderConfig, options: OnnxExportOptions) -> dict
         "eos_id": str(config.eos_id),
         "weights": options.weights,
         "kv_dtype": options.kv,
+        "omnicoder.kv_io": options.kv_io,  # checked against the manifest's graph.kv.io by runtimes/graph_checks.py
     }
 
 

@@ -6,6 +6,7 @@ Torch-free on purpose: runtimes and exporters read configs without loading the n
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,40 @@ from omnicoder.errors import OmniCoderError
 
 ATTENTION_KINDS = ("gqa", "mla")
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "llama3")
+# upper bounds of the shape fields (the bundle schema's bounds; a config beyond them cannot be exported or loaded)
+LIMITS = {
+    "vocab_size": 1 << 24,
+    "d_model": 1 << 20,
+    "n_layers": 1024,
+    "n_heads": 4096,
+    "n_kv_heads": 4096,
+    "head_dim": 65536,
+    "mlp_hidden": 1 << 22,
+    "kv_latent_dim": 65536,
+    "rope_head_dim": 65536,
+    "max_seq_len": 1 << 24,
+    "n_mtp": 64,
+    "sliding_window": 1 << 24,
+    "original_max_position_embeddings": 1 << 24,
+}
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_types(obj: object, prefix: str = "config ") -> None:
+    """Each dataclass field holds its declared type (an int is not a bool, a float is finite) within LIMITS."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        value, allowed = getattr(obj, f.name), _TYPES.get(str(f.type))
+        if allowed is None:
+            continue
+        wrong = not isinstance(value, allowed) or (isinstance(value, bool) and f.type != "bool")
+        if wrong:
+            raise OmniCoderError(f"{prefix}{f.name} must be a {f.type}, got {str(value)[:40]!r}")
+        if f.type == "float" and not math.isfinite(value):
+            raise OmniCoderError(f"{prefix}{f.name} must be a finite number, got {value}")
+        if f.type == "str" and len(value) > 200:
+            raise OmniCoderError(f"{prefix}{f.name} is longer than 200 characters")
+        if f.name in LIMITS and abs(value) > LIMITS[f.name]:
+            raise OmniCoderError(f"{prefix}{f.name} {value} is over the limit of {LIMITS[f.name]}")
 
 
 @dataclass
@@ -38,6 +73,7 @@ class RopeScaling:
     attention_factor: float = 0.0
 
     def validate(self) -> None:
+        check_types(self, "rope_scaling.")
         if self.type not in ROPE_SCALING_TYPES:
             raise OmniCoderError(
                 f"rope_scaling.type {self.type!r} is unknown; use one of {', '.join(ROPE_SCALING_TYPES)}"
@@ -94,6 +130,11 @@ class OmniCoderConfig:
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> OmniCoderConfig:
         """Raise OmniCoderError naming the first impossible setting; return self when valid."""
+        check_types(self)
+        if not isinstance(self.rope_scaling, RopeScaling):
+            raise OmniCoderError("config rope_scaling must be an object")
+        if not 0 < self.rope_theta <= 1e15 or not 0 < self.norm_eps < 1:
+            raise OmniCoderError("config rope_theta must be in (0, 1e15] and norm_eps in (0, 1)")
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_hidden", "max_seq_len")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -172,21 +213,16 @@ class OmniCoderConfig:
 
     @classmethod
     def from_json(cls, text: str) -> OmniCoderConfig:
-        return cls.from_dict(json.loads(text))
+        from omnicoder.runtimes.input_files import parse_json
+
+        return cls.from_dict(parse_json(text, "config", "fix or re-export it"))
 
     @classmethod
     def load(cls, path: str | Path) -> OmniCoderConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise OmniCoderError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            return cls.from_json(text)
-        except json.JSONDecodeError as exc:
-            raise OmniCoderError(
-                f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it"
-            ) from None
+        """config.json through runtimes/input_files.py (size limit, UTF-8, strict JSON), then types and values."""
+        from omnicoder.runtimes.input_files import read_json
+
+        return cls.from_dict(read_json(path, "model config", "fix or re-export it"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json())

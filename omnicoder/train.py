@@ -121,7 +121,11 @@ def train(config: OmniCoderConfig, run_dir: str | Path, args: TrainArgs, progres
     state: dict = {"tokens": 0, "seconds": 0.0, "history": [], "args": asdict(args), "config": config.to_dict()}
     step = 0
     if (ckpt / "trainer_state.json").is_file():
-        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        from omnicoder.runtimes.input_files import read_json
+
+        saved = read_json(ckpt / "trainer_state.json", "checkpoint state", f"remove {ckpt} or pass a new --out")
+        if not isinstance(saved, dict) or not isinstance(saved.get("step"), int):
+            raise OmniCoderError(f"{ckpt} holds no readable trainer state; remove it or pass a new --out")
         if saved.get("config") != config.to_dict():
             raise OmniCoderError(f"{run_dir} holds a run of another config; pass a new --out or the same config")
         model.load_state_dict(load_state(ckpt / "model.safetensors"), strict=False)

@@ -48,25 +48,49 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise OmniCoderError(
+            f"{path} is not a readable safetensors file ({str(exc)[:200]}); re-download or re-export it"
+        ) from None
+
+
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """The tensors `config` implies, from a model built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        skeleton = OmniCoder(config)
+    shapes = {key: tuple(t.shape) for key, t in skeleton.state_dict().items()}
+    if config.tie_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
 def load_model(name: str | Path, dtype: torch.dtype = torch.float32) -> OmniCoder:
-    """Load a model from `default` or a directory with config.json + model.safetensors."""
+    """Load a model from `default` or a directory with config.json + model.safetensors.
+
+    The safetensors header is checked against the config before any tensor is read or allocated, so a config
+    that asks for a huge model next to a small file is one line, not an exhausted machine."""
     model_dir = resolve_model_dir(name)
     config = OmniCoderConfig.load(model_dir / CONFIG_FILE)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise OmniCoderError(f"{weights} is missing; a model directory needs config.json and {WEIGHTS_FILE}")
-    state = load_state(weights)
-    model = OmniCoder(config)
-    expected = set(model.state_dict())
-    if config.tie_embeddings:
-        expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    found, expected = weight_shapes(weights), expected_shapes(config)
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise OmniCoderError(
             f"{weights} does not match config.json (missing: {missing[:3]}, unexpected: {unexpected[:3]})"
         )
-    for key, tensor in state.items():
-        if tensor.shape != model.state_dict()[key].shape:
-            raise OmniCoderError(f"{weights}: {key} has shape {tuple(tensor.shape)}, config.json implies another")
+    for key, shape in found.items():
+        if shape != expected[key]:
+            raise OmniCoderError(f"{weights}: {key} has shape {shape}, config.json implies another")
+    state = load_state(weights)
+    model = OmniCoder(config)
     model.load_state_dict(state, strict=False)
     return model.to(dtype).eval()

@@ -43,6 +43,15 @@ def check_prompt_fits(backend, prompt_ids: list[int]) -> int:
     return context
 
 
+def check_finite(logits: np.ndarray) -> None:
+    """The prompt's logits must be numbers: NaN or Inf means corrupt weights (a bundle would emit garbage)."""
+    if not np.isfinite(logits).all():
+        raise OmniCoderError(
+            "the model returned NaN or Inf logits for the prompt: its weights are corrupt; re-export the bundle "
+            "from a good checkpoint"
+        )
+
+
 def generate_ids(
     backend: StepBackend,
     prompt_ids: list[int],
@@ -64,6 +73,7 @@ def generate_ids(
         now = time.perf_counter()
         if step == 0:
             stats.prefill_seconds, start = now - start, now
+            check_finite(logits)
         if token == eos_id:
             stats.stop_reason = "eos"
             break

@@ -93,23 +93,28 @@ def decode_utf8(data: bytes, what: str, fix: str) -> str:
         ) from None
 
 
-def _depth(document: Any) -> int:
-    """Nesting depth of a parsed document, without recursion."""
-    deepest, stack = 0, [(document, 1)]
+def _check_tree(document: Any, what: str, fix: str) -> None:
+    """Nesting within MAX_DEPTH and every string (keys too) encodable as UTF-8 (an unpaired \\uD800-\\uDFFF escape
+    is not), walked without recursion."""
+    stack = [(document, 1)]
     while stack:
         node, level = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, level)
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise OmniCoderError(f"{what} holds a string with an unpaired \\u surrogate escape; {fix}") from None
+        elif isinstance(node, dict | list):
             if level > MAX_DEPTH:
-                break
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+                raise OmniCoderError(f"{what} nests objects or arrays too deeply (over {MAX_DEPTH} levels); {fix}")
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children if isinstance(child, str | dict | list))
 
 
 def parse_json(text: str, what: str, fix: str, check_depth: bool = True) -> Any:
     """JSON text -> Python values, refusing NaN/Infinity, integers beyond 64 bits, overflowing floats and deep
-    nesting (`check_depth` walks the result; the parser itself stops at Python's recursion limit)."""
+    nesting, and (`check_depth`: a walk of the result) unpaired surrogate escapes; the parser itself stops at
+    Python's recursion limit."""
     try:
         document = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except json.JSONDecodeError as exc:
@@ -120,8 +125,8 @@ def parse_json(text: str, what: str, fix: str, check_depth: bool = True) -> Any:
         raise OmniCoderError(f"{what} holds {shorten(str(exc))}; {fix}") from None
     except RecursionError:
         raise OmniCoderError(f"{what} nests objects or arrays too deeply (over {MAX_DEPTH} levels); {fix}") from None
-    if check_depth and _depth(document) > MAX_DEPTH:
-        raise OmniCoderError(f"{what} nests objects or arrays too deeply (over {MAX_DEPTH} levels); {fix}")
+    if check_depth:
+        _check_tree(document, what, fix)
     return document
 
 

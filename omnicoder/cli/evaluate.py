@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from omnicoder.cliutil import ArgumentParser
+from omnicoder.cliutil import COUNT, THREADS, ArgumentParser, int_in
 from omnicoder.errors import OmniCoderError, cli_main
 
 
@@ -18,10 +18,10 @@ def build_parser() -> ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--files", nargs="+", help="files to score")
     src.add_argument("--heldout", action="store_true", help="score the default corpus' held-out split")
-    p.add_argument("--window", type=int, default=0, help="tokens of context per window (default: model context)")
-    p.add_argument("--max-bytes", type=int, default=0, help="score at most this many bytes (0: all)")
+    p.add_argument("--window", type=COUNT, default=0, help="tokens of context per window (default: model context)")
+    p.add_argument("--max-bytes", type=int_in(0, 1 << 62), default=0, help="score at most this many bytes (0: all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=THREADS, default=0)
     return p
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from omnicoder.cliutil import ArgumentParser, add_sampling_args, read_prompt
+from omnicoder.cliutil import THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import cli_main
 from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
@@ -20,7 +20,7 @@ def build_parser() -> ArgumentParser:
         help="'default' (the embedded model), a model directory, or hf:DIR (a Hugging Face checkpoint)",
     )
     add_sampling_args(p)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch intra-op threads (0: torch's default)")
     return p
 
 

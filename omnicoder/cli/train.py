@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import fields
 
+from omnicoder.cliutil import COUNT, THREADS, ArgumentParser, float_in, int_in
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError, cli_main
 from omnicoder.presets import PRESETS, preset
 
+# flags that must be >= 1 (the others count from 0); floats are finite and >= 0
+AT_LEAST_ONE = ("batch_size", "seq_len", "eval_every", "eval_bytes", "save_every")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _flag_type(name: str, default):
+    if isinstance(default, float):
+        return float_in(0.0, 1e6)
+    if name == "seed":
+        return int_in(-(1 << 63), (1 << 64) - 1)
+    return int_in(1, 1 << 31) if name in AT_LEAST_ONE else COUNT
+
+
+def build_parser() -> ArgumentParser:
     from omnicoder.train import TrainArgs
 
-    p = argparse.ArgumentParser(prog="omnicoder-train", description=__doc__)
+    p = ArgumentParser(prog="omnicoder-train", description=__doc__)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="omnicoder-tiny", choices=sorted(PRESETS), help="named model config")
     src.add_argument("--config", help="a config.json to train instead of a preset")
     p.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
     p.add_argument("--corpus", help="directory of .py files (default: this interpreter's standard library)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch intra-op threads (0: torch's default)")
     defaults = TrainArgs()
     for f in fields(TrainArgs):
         if f.name in ("corpus", "history"):
@@ -30,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(getattr(defaults, f.name), bool):
             p.add_argument(flag, action="store_true")
         else:
-            p.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+            default = getattr(defaults, f.name)
+            p.add_argument(flag, type=_flag_type(f.name, default), default=default)
     return p
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from omnicoder.cliutil import ArgumentParser
+from omnicoder.cliutil import THREADS, ArgumentParser, int_in
 from omnicoder.errors import OmniCoderError, cli_main
 
 
@@ -15,11 +15,11 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="omnicoder-train-retention", description=__doc__)
     p.add_argument("--model", default="default", help="'default' (the embedded model) or a model directory")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--windows", type=int, default=256, help="training windows of the model's context")
-    p.add_argument("--horizon", type=int, default=256, help="later queries whose attention counts")
-    p.add_argument("--min-distance", type=int, default=64, help="count attention from this distance on")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--windows", type=int_in(1, 1 << 20), default=256, help="training windows of the model's context")
+    p.add_argument("--horizon", type=int_in(1, 1 << 24), default=256, help="later queries whose attention counts")
+    p.add_argument("--min-distance", type=int_in(1, 1 << 24), default=64, help="count attention from this distance on")
+    p.add_argument("--steps", type=int_in(0, 1 << 31), default=400)
+    p.add_argument("--threads", type=THREADS, default=0)
     return p
 
 
