@@ -65,6 +65,19 @@ def build_parser() -> ArgumentParser:
         help="qdq: DequantizeLinear(int4)+MatMul (ORT fuses it to MatMulNBits); matmulnbits: emit it directly",
     )
     p.add_argument(
+        "--int4-scheme",
+        default="sym",
+        choices=("sym", "asym"),
+        help="onnx int4: sym = signed codes, one scale per block of 32; asym = a zero point per block too "
+        "(MatMulNBits with packed uint4 zero points; better on real models, docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--no-transcode",
+        action="store_true",
+        help="onnx, gguf:FILE models: quantize the dequantized weights again instead of keeping the file's "
+        "Q4_0 / Q4_1 / Q8_0 blocks (the default keeps them: the bundle computes what the file holds)",
+    )
+    p.add_argument(
         "--no-fuse",
         action="store_true",
         help="onnx: keep the converter's graph (no merged q/k/v and gate/up linears, skip+RMSNorm or BSH attention)",

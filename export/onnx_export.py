@@ -43,6 +43,8 @@ EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
 class OnnxExportOptions:
     weights: str = "int4"
     int4_format: str = "qdq"
+    int4_scheme: str = "sym"  # sym: signed codes; asym: zero points (MatMulNBits), see omnicoder.quant
+    transcode: bool = True  # a gguf: model keeps its file's Q4_0 / Q4_1 / Q8_0 blocks (omnicoder.gguf_blocks)
     attention: str = "onnx"
     opset: int = 23
     accuracy_level: int = 4
@@ -166,6 +168,7 @@ def export_onnx_bundle(
     parameters = model.num_parameters()
     stages = tqdm(total=5, desc="export onnx", unit="stage")
     quantized = 0
+    kept: dict = {}
     quantized_head = options.weights in ("int4", "int8") and config.vocab_size > QUANTIZED_HEAD_MIN_VOCAB
     if quantized_head:
         head_precision = f"{options.weights} (a quantized copy; the embedding stays fp32)"
@@ -174,7 +177,12 @@ def export_onnx_bundle(
     if options.weights in ("int4", "int8"):
         stages.set_postfix_str(f"quantize {options.weights}")
         skip = ("retention_head",) if quantized_head else ("lm_head", "retention_head")
-        quantized = len(quantize_linears(model, options.weights, skip=skip))
+        kept = _file_blocks(model, options) if options.transcode else {}
+        asym = options.int4_scheme == "asym"
+        replaced = quantize_linears(model, options.weights, skip=skip, asymmetric=asym, prequantized=kept)
+        quantized, kept = len(replaced), {name: kept[name] for name in replaced if name in kept}
+        if kept:
+            head_precision = head_precision.replace(options.weights, "the file's own blocks", 1)
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad():
         stages.set_postfix_str("torch.export + ONNX conversion")
@@ -214,6 +222,8 @@ def export_onnx_bundle(
         precision = {
             "weights": options.weights,
             "int4_format": options.int4_format if options.weights == "int4" else None,
+            "int4_scheme": options.int4_scheme if options.weights == "int4" else None,
+            "kept_file_blocks": len(kept) if options.weights in ("int4", "int8") else 0,
             "block_size": 32 if options.weights == "int4" else None,
             "kv": options.kv,
             "embedding": "fp32",
@@ -260,11 +270,23 @@ def _kv_contract(config: OmniCoderConfig, spec: KVQuantSpec, queries: bool, kv_i
     return contract
 
 
+def _file_blocks(model, options: OnnxExportOptions) -> dict:
+    """The GGUF blocks a `gguf:` model keeps in this export (none for other models)."""
+    from omnicoder.gguf_blocks import prequantized_layers
+
+    blocks = getattr(model, "gguf_blocks", None)
+    if not blocks:
+        return {}
+    return prequantized_layers(blocks, 4 if options.weights == "int4" else 8, model.config.tie_embeddings)
+
+
 def export_from_cli(model, tokenizer, args, command: str) -> dict:
     """`omnicoder-export --target onnx` (see export/cli.py)."""
     options = OnnxExportOptions(
         weights=args.weights,
         int4_format=args.int4_format,
+        int4_scheme=args.int4_scheme,
+        transcode=not args.no_transcode,
         attention=args.attention,
         opset=args.opset,
         page_len=args.page_len,

@@ -100,26 +100,23 @@ def merge_sibling_quant_linears(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         if node.domain == "omnicoder" and node.op_type == "QuantLinear":
             codes, scales = g.inits[node.input[1]], g.inits[node.input[2]]
-            key = (node.input[0], _attr(node, "bits"), tuple(codes.dims[1:]), tuple(scales.dims[1:]))
+            asymmetric = len(node.input) > 3 and bool(node.input[3])
+            key = (node.input[0], _attr(node, "bits"), tuple(codes.dims[1:]), tuple(scales.dims[1:]), asymmetric)
             groups.setdefault(key, []).append(node)
     merged: dict[int, list[onnx.NodeProto]] = {}  # id(first sibling) -> nodes that replace the group
     dropped: set[int] = set()
-    for index, ((x, bits, _, _), nodes) in enumerate(groups.items()):
+    for index, ((x, bits, _, _, asymmetric), nodes) in enumerate(groups.items()):
         if len(nodes) < 2:
             continue
-        codes = [numpy_helper.to_array(g.inits[n.input[1]]) for n in nodes]
-        scales = [numpy_helper.to_array(g.inits[n.input[2]]) for n in nodes]
+        parts = range(4 if asymmetric else 3)[1:]  # codes, scales (, zero points): all concatenated along N
+        arrays = [[numpy_helper.to_array(g.inits[n.input[i]]) for n in nodes] for i in parts]
         name = f"fused_linear{index}"
+        inputs = [f"{name}_{part}" for part in ("codes", "scales", "zeros")[: len(arrays)]]
         model.graph.initializer.extend(
-            [
-                numpy_helper.from_array(np.concatenate(codes), name + "_codes"),
-                numpy_helper.from_array(np.concatenate(scales), name + "_scales"),
-                numpy_helper.from_array(np.array([c.shape[0] for c in codes], np.int64), name + "_split"),
-            ]
+            [numpy_helper.from_array(np.concatenate(a), n) for a, n in zip(arrays, inputs, strict=True)]
+            + [numpy_helper.from_array(np.array([c.shape[0] for c in arrays[0]], np.int64), name + "_split")]
         )
-        fused = helper.make_node(
-            "QuantLinear", [x, name + "_codes", name + "_scales"], [name], name=name, domain="omnicoder", bits=bits
-        )
+        fused = helper.make_node("QuantLinear", [x, *inputs], [name], name=name, domain="omnicoder", bits=bits)
         split = helper.make_node(
             "Split", [name, name + "_split"], [n.output[0] for n in nodes], name=name + "_split", axis=-1
         )

@@ -128,7 +128,7 @@ def example_inputs(config: OmniCoderConfig, batch: int = 2, seq: int = 3, past: 
 def _schema(
     name: str,
     domain: str,
-    inputs: list[tuple[str, str]],
+    inputs: list[tuple[str, ...]],  # (name, type) or (name, type, "optional")
     outputs: list[tuple[str, str]],
     types: list[tuple[str, list[str]]],
     attributes: list[tuple[str, str]],
@@ -139,7 +139,12 @@ def _schema(
         name,
         domain,
         1,
-        inputs=[OpSchema.FormalParameter(n, t) for n, t in inputs],
+        inputs=[
+            OpSchema.FormalParameter(n, t, param_option=OpSchema.FormalParameterOption.Optional)
+            if optional
+            else OpSchema.FormalParameter(n, t)
+            for n, t, *optional in inputs
+        ],
         outputs=[OpSchema.FormalParameter(n, t) for n, t in outputs],
         type_constraints=[(t, allowed, "") for t, allowed in types],
         attributes=[OpSchema.Attribute(n, getattr(OpSchema.AttrType, kind), "") for n, kind in attributes],
@@ -151,7 +156,7 @@ def _quant_linear_schema():
     return _schema(
         "QuantLinear",
         "omnicoder",
-        [("X", "T"), ("W", "Q"), ("S", "T")],
+        [("X", "T"), ("W", "Q"), ("S", "T"), ("Z", "T", "optional")],
         [("Y", "T")],
         [("T", ["tensor(float)", "tensor(float16)"]), ("Q", ["tensor(int8)"])],
         [("bits", "INT")],
@@ -253,12 +258,16 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
     def quant_linear(x, qweight, scales, bits: int):
         return quant_linear_op(x, qweight, scales, bits=bits)
 
+    def quant_linear_zp(x, qweight, scales, zero_points, bits: int):
+        return quant_linear_op(x, qweight, scales, zero_points, bits=bits)
+
     attention = attention_gqa if attention_op == "ort-gqa" else attention_onnx
     return {
         torch.ops.omnicoder.cached_attention.default: attention,
         torch.ops.omnicoder.latent_attention.default: latent_attention_onnx,
         torch.ops.omnicoder.masked_attention.default: masked_attention_onnx,
         torch.ops.omnicoder.quant_linear.default: quant_linear,
+        torch.ops.omnicoder.quant_linear_zp.default: quant_linear_zp,
     }
 
 

@@ -5,6 +5,8 @@ Forms (the codes and scales come from `omnicoder.quant`, so every form computes 
 - int4 "qdq": an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=32) -> MatMul. Standard
   ONNX (opset >= 21); onnxruntime fuses it into MatMulNBits at optimization level EXTENDED or ALL.
 - int4 "matmulnbits": com.microsoft.MatMulNBits directly (uint4 codes with the default zero point 8).
+- asymmetric int4 (zero points): MatMulNBits with packed uint4 zero points (integers) or float ones (a GGUF Q4_1
+  block); 8-bit blocks (a GGUF Q8_0 tensor): MatMulNBits bits=8.
 - int8 "dynamic": DynamicQuantizeLinear(x) -> MatMulInteger(u8 x s8) -> Cast -> Mul(x_scale * w_scale);
   onnxruntime fuses it into DynamicQuantizeMatMul (for providers with no int4 kernels).
 """
@@ -68,6 +70,66 @@ def _int4_matmulnbits(node, x, codes, scales, block, out, prefix, accuracy_level
     return nodes, [weight, scale]
 
 
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint4 values [N, M] -> bytes [N, ceil(M / 2)], the low nibble first (MatMulNBits' packing)."""
+    n, m = values.shape
+    padded = np.zeros((n, m + m % 2), np.uint8)
+    padded[:, :m] = values
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _int4_matmulnbits_zp(node, x, codes, scales, zeros, block, out, prefix, accuracy_level):
+    """Asymmetric int4 as MatMulNBits with zero points: packed uint4 when every zero point is an integer in
+    [0, 15] (asymmetric quantization), else float (a GGUF Q4_1 block: w = d * q + m = d * (q - (-m / d)))."""
+    n, k = codes.shape
+    unsigned = codes.astype(np.uint8).reshape(n, k // block, block)
+    packed = (unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)).astype(np.uint8)
+    integral = np.array_equal(zeros, np.round(zeros)) and zeros.min() >= 0 and zeros.max() <= 15
+    zero_points = _pack_nibbles(zeros.astype(np.uint8)) if integral else zeros.astype(np.float32)
+    weight = numpy_helper.from_array(packed, prefix + "_qw")
+    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
+    zero = numpy_helper.from_array(zero_points.reshape(-1), prefix + "_zp")
+    nodes = [
+        helper.make_node(
+            "MatMulNBits",
+            [x, weight.name, scale.name, zero.name],
+            [out],
+            name=prefix + "_mnb",
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=block,
+            accuracy_level=accuracy_level,
+        )
+    ]
+    return nodes, [weight, scale, zero]
+
+
+def _int8_matmulnbits(node, x, codes, scales, block, out, prefix, accuracy_level):
+    """Symmetric 8-bit blocks (a GGUF Q8_0 tensor) as MatMulNBits bits=8 (uint8 codes, default zero point 128)."""
+    n, k = codes.shape
+    weight = numpy_helper.from_array(
+        (codes.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // block, block), prefix + "_qw"
+    )
+    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
+    nodes = [
+        helper.make_node(
+            "MatMulNBits",
+            [x, weight.name, scale.name],
+            [out],
+            name=prefix + "_mnb8",
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=8,
+            block_size=block,
+            accuracy_level=accuracy_level,
+        )
+    ]
+    return nodes, [weight, scale]
+
+
 def _int8_dynamic(node, x, codes, scales, out, prefix):
     weight = numpy_helper.from_array(np.ascontiguousarray(codes.T).astype(np.int8), prefix + "_w")
     w_scale = numpy_helper.from_array(scales[:, 0].astype(np.float32), prefix + "_wscale")
@@ -96,13 +158,21 @@ def lower_quant_linears(model: onnx.ModelProto, int4_form: str = "qdq", accuracy
         if not (node.domain == "omnicoder" and node.op_type == "QuantLinear"):
             new_nodes.append(node)
             continue
-        x, w_name, s_name = node.input
+        x, w_name, s_name, *rest = node.input
+        z_name = rest[0] if rest and rest[0] else None
         codes = numpy_helper.to_array(inits[w_name])
         scales = numpy_helper.to_array(inits[s_name]).astype(np.float32)
         bits = next(a.i for a in node.attribute if a.name == "bits")
         block = codes.shape[1] // scales.shape[1]
         prefix = f"quant{count}"
-        if bits == 4 and int4_form == "qdq":
+        if z_name is not None:
+            zeros = numpy_helper.to_array(inits[z_name]).astype(np.float32)
+            nodes, tensors = _int4_matmulnbits_zp(
+                node, x, codes, scales, zeros, block, node.output[0], prefix, accuracy_level
+            )
+        elif bits == 8 and scales.shape[1] > 1:
+            nodes, tensors = _int8_matmulnbits(node, x, codes, scales, block, node.output[0], prefix, accuracy_level)
+        elif bits == 4 and int4_form == "qdq":
             nodes, tensors = _int4_qdq(node, x, codes, scales, block, node.output[0], prefix)
         elif bits == 4:
             nodes, tensors = _int4_matmulnbits(node, x, codes, scales, block, node.output[0], prefix, accuracy_level)
@@ -110,7 +180,7 @@ def lower_quant_linears(model: onnx.ModelProto, int4_form: str = "qdq", accuracy
             nodes, tensors = _int8_dynamic(node, x, codes, scales, node.output[0], prefix)
         new_nodes.extend(nodes)
         new_inits.extend(tensors)
-        for name in (w_name, s_name):
+        for name in (w_name, s_name, *([z_name] if z_name else [])):
             uses[name] -= 1
             if uses[name] == 0:
                 dropped.add(name)

@@ -90,15 +90,19 @@ def _latent_attention_ref(q, row, past_rows, latent_dim: int, scale: float, wind
     return attention(q, rows, rows[..., :latent_dim], scale, window), rows
 
 
-def dequantize(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Symmetric blockwise dequantization: qweight int8 [N, K] (int4 or int8 codes), scales [N, K / block]."""
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None) -> torch.Tensor:
+    """Blockwise dequantization of qweight int8 [N, K] with scales [N, K / block]: symmetric (signed codes) when
+    `zero_points` is None, else (unsigned codes - zero point) * scale with float zero points [N, K / block]."""
     n, k = qweight.shape
     block = k // scales.shape[1]
-    return (qweight.to(scales.dtype).view(n, -1, block) * scales.unsqueeze(-1)).view(n, k)
+    codes = qweight.to(scales.dtype).view(n, -1, block)
+    if zero_points is not None:
+        codes = codes - zero_points.to(scales.dtype).unsqueeze(-1)
+    return (codes * scales.unsqueeze(-1)).view(n, k)
 
 
-def _quant_linear_ref(x, qweight, scales, bias, bits: int):
-    return F.linear(x, dequantize(qweight, scales).to(x.dtype), bias)
+def _quant_linear_ref(x, qweight, scales, bias, bits: int, zero_points=None):
+    return F.linear(x, dequantize(qweight, scales, zero_points).to(x.dtype), bias)
 
 
 # ---- custom ops: the same math as single graph nodes for exporters ---------------------------------
@@ -157,6 +161,18 @@ def _(x, qweight, scales, bits):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
 
 
+@torch.library.custom_op("omnicoder::quant_linear_zp", mutates_args=())
+def _quant_linear_zp_op(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, bits: int
+) -> torch.Tensor:
+    return _quant_linear_ref(x, qweight, scales, None, bits, zero_points)
+
+
+@_quant_linear_zp_op.register_fake
+def _(x, qweight, scales, zero_points, bits):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
 # ---- the boundaries the network calls ---------------------------------------------------------------
 
 
@@ -204,10 +220,19 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 def quant_linear(
-    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, bits: int
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    zero_points: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = x @ dequantize(qweight, scales).T + bias, with symmetric `bits`-bit codes in blocks."""
+    """y = x @ dequantize(qweight, scales, zero_points).T + bias, with `bits`-bit codes in blocks (symmetric, or
+    asymmetric with zero points: the ONNX exporter's MatMulNBits; other targets take symmetric codes only)."""
     if _EXPORT_MODE:
-        y = torch.ops.omnicoder.quant_linear(x, qweight, scales, bits)
+        if zero_points is None:
+            y = torch.ops.omnicoder.quant_linear(x, qweight, scales, bits)
+        else:
+            y = torch.ops.omnicoder.quant_linear_zp(x, qweight, scales, zero_points, bits)
         return y if bias is None else y + bias
-    return _quant_linear_ref(x, qweight, scales, bias, bits)
+    return _quant_linear_ref(x, qweight, scales, bias, bits, zero_points)

@@ -93,7 +93,7 @@ def write_gguf(hf_model, path, arch: str, qtype) -> None:
         kind = T.F32
         if values.ndim == 2:
             kind = T.Q8_0 if "embed" in name or "lm_head" in name else qtype
-            if "o_proj" in name:
+            if "o_proj" in name and arch == "qwen3":
                 kind = T.F16
         data = values if kind == T.F32 else gguf.quants.quantize(values, kind)
         if kind == T.F16:
@@ -139,9 +139,9 @@ def test_quantized_blocks_are_kept_for_the_transcode(gguf_files):
     blocks = model.gguf_blocks
     assert blocks["model.layers.0.self_attn.q_proj.weight"][0] == "q4_0"
     assert blocks["model.embed_tokens.weight"][0] == "q8_0"
-    assert "model.layers.0.self_attn.o_proj.weight" not in blocks  # F16: nothing to keep
+    assert "model.layers.0.mlp.up_proj.weight" in blocks
     qwen3, _ = load_model_and_tokenizer(f"gguf:{gguf_files['qwen3']}")
-    assert {kind for kind, _ in qwen3.gguf_blocks.values()} == {"q8_0"}  # Q5_0 (like K-quants) is dequantized
+    assert {kind for kind, _ in qwen3.gguf_blocks.values()} == {"q8_0"}  # Q5_0 (like K-quants), F16: dequantized
 
 
 def test_onnx_export_of_a_gguf_file(gguf_files, tmp_path):
@@ -173,3 +173,39 @@ def test_bad_gguf_files_fail_with_one_line(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 7)
     with pytest.raises(OmniCoderError, match="GGUF"):
         load_model_and_tokenizer(f"gguf:{tmp_path / 'cut.gguf'}")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_int4_export_keeps_the_files_blocks(gguf_files, family, tmp_path):
+    """Q4_0 (llama) and Q4_1 (qwen2) projections and the Q8_0 tied head keep the file's exact grid: the bundle's
+    quantized layers dequantize to the weights transformers reads from the file, and its logits are far closer
+    to the dequantized model's than an int4 export that quantizes those weights again."""
+    from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    from omnicoder.quant import QuantLinear
+
+    name = f"gguf:{gguf_files[family]}"
+    reference, tokenizer = load_model_and_tokenizer(name)
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(ids, torch.arange(16)[None]).logits[0].numpy()
+    errors = {}
+    for transcode in (True, False):
+        model, _ = load_model_and_tokenizer(name)
+        options = OnnxExportOptions(weights="int4", transcode=transcode)
+        manifest = export_onnx_bundle(model, tokenizer.to_json(), tmp_path / str(transcode), options)
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+        if transcode:  # every layer keeps its blocks (the tiny vocabulary keeps a float head)
+            assert manifest["precision"]["kept_file_blocks"] == len(layers) == 14
+            for layer_name in layers:
+                weight = reference.get_submodule(layer_name).weight
+                assert torch.allclose(layers[layer_name].dequantized_weight(), weight, rtol=1e-5, atol=1e-6)
+            assert (layers["layers.0.attn.q_proj"].zero_points is not None) == (family == "qwen2")
+        bundle = open_bundle(tmp_path / str(transcode))
+        backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+        backend.reset()
+        got = backend.step_all(ids[0].tolist(), list(range(16)))
+        errors[transcode] = float(np.abs(got - expected).max())
+    assert errors[True] < errors[False] / 3, errors
