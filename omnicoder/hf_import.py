@@ -147,7 +147,7 @@ def _sliding_window(hf: dict[str, Any], family: str) -> int:
 
 
 def _token_id(value: Any, fallback: int) -> int:
-    if isinstance(value, list):  # e.g. Llama 3: several EOS ids; the first one stops generation here
+    if isinstance(value, list):  # e.g. Llama 3: several EOS ids; the first is eos_id, all are stop ids
         value = value[0] if value else None
     return fallback if value is None else int(value)
 
@@ -295,14 +295,19 @@ def model_from_state(config: OmniCoderConfig, tensors: dict[str, torch.Tensor], 
 
 
 def load_hf_model_and_tokenizer(name: str | Path) -> tuple[OmniCoder, HFTokenizer]:
-    """`hf:DIR` -> (model, tokenizer from DIR/tokenizer.json)."""
+    """`hf:DIR` -> (model, tokenizer from DIR/tokenizer.json, with the checkpoint's add_bos, stop ids and chat
+    template: omnicoder.hf_tokenizer_fields)."""
+    from omnicoder.hf_tokenizer_fields import read_checkpoint_fields
+
     path = hf_directory(name)
     model = model_from_hf(path)
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise OmniCoderError(f"{path} has no tokenizer.json; save a fast tokenizer there (tokenizer.save_pretrained)")
     c = model.config
-    tokenizer = HFTokenizer(tokenizer_file.read_text(), bos_id=c.bos_id, eos_id=c.eos_id)
+    text = tokenizer_file.read_text(encoding="utf-8")
+    tokenizer = HFTokenizer(text, bos_id=c.bos_id, eos_id=c.eos_id)
+    tokenizer.set_fields(**read_checkpoint_fields(path, read_hf_config(path), json.loads(text), tokenizer))
     if tokenizer.vocab_size > c.vocab_size:
         raise OmniCoderError(
             f"tokenizer.json has {tokenizer.vocab_size} tokens but the model's vocab_size is {c.vocab_size}"

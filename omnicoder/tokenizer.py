@@ -27,6 +27,9 @@ class Tokenizer(Protocol):
     vocab_size: int
     bos_id: int
     eos_id: int
+    add_bos: bool  # whether a prompt starts with BOS (the model's own tokenizer adds one)
+    stop_ids: list[int]  # every id that ends generation (EOS, end of turn, ...)
+    chat_template: str | None  # Jinja chat template, when the model ships one
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
@@ -61,6 +64,15 @@ class ByteTokenizer:
     bos_id: int = 256
     eos_id: int = 257
     pad_id: int = 258
+    chat_template = None  # byte models are completion models (a class attribute, not a field)
+
+    @property
+    def add_bos(self) -> bool:
+        return True  # our byte models are trained with BOS at the start of every document
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return [self.eos_id]
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = list(text.encode("utf-8", errors="surrogatepass"))
@@ -129,8 +141,13 @@ class HFTokenizer:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.set_fields(add_bos, stop_ids, chat_template)
+
+    def set_fields(self, add_bos: bool, stop_ids: list[int] | None, chat_template: str | None) -> None:
+        """What a checkpoint says about its tokenizer beyond tokenizer.json (hf: import reads it once the
+        tokenizer exists, to look token texts up)."""
         self.add_bos = add_bos  # whether the model's own tokenizer starts a sequence with BOS
-        self.stop_ids = sorted({eos_id, *(stop_ids or [])} - {-1})  # every id that ends generation
+        self.stop_ids = sorted({self.eos_id, *(stop_ids or [])} - {-1})  # every id that ends generation
         self.chat_template = chat_template  # Jinja chat template, when the checkpoint ships one
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
@@ -143,12 +160,42 @@ class HFTokenizer:
     def stream_decoder(self) -> StreamDecoder:
         return _HFStreamDecoder(self)
 
+    def token_text(self, token_id: int) -> str | None:
+        """The vocabulary entry of an id (e.g. the BOS token's text for a chat template), None when out of range."""
+        return self._tok.id_to_token(token_id) if token_id >= 0 else None
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a vocabulary entry (e.g. a special token's text), None when there is none."""
+        return self._tok.token_to_id(text)
+
     def to_json(self) -> str:
-        return self._json
+        """tokenizer.json's text, carrying add_bos, the stop ids and the chat template on to the bundle writer."""
+        fields = {"add_bos": self.add_bos, "stop_ids": self.stop_ids, "chat_template": self.chat_template}
+        return TokenizerFile(self._json, fields)
 
 
-def tokenizer_from_json(text: str, bos_id: int = -1, eos_id: int = -1) -> Tokenizer:
-    """Build a tokenizer from the text of a tokenizer.json (ours or Hugging Face's)."""
+class TokenizerFile(str):
+    """The text of a tokenizer.json, with the fields a bundle's manifest records beside it (`fields`: add_bos,
+    stop_ids, chat_template). Exporters take `tokenizer.to_json()` and pass it on to the bundle writer as it is."""
+
+    fields: dict
+
+    def __new__(cls, text: str, fields: dict) -> TokenizerFile:
+        made = super().__new__(cls, text)
+        made.fields = dict(fields)
+        return made
+
+
+def tokenizer_from_json(
+    text: str,
+    bos_id: int = -1,
+    eos_id: int = -1,
+    add_bos: bool = True,
+    stop_ids: list[int] | None = None,
+    chat_template: str | None = None,
+) -> Tokenizer:
+    """Build a tokenizer from the text of a tokenizer.json (ours or Hugging Face's). add_bos, stop_ids and
+    chat_template apply to Hugging Face tokenizers (a byte tokenizer always adds BOS and stops at EOS only)."""
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -161,7 +208,9 @@ def tokenizer_from_json(text: str, bos_id: int = -1, eos_id: int = -1) -> Tokeni
             eos_id=int(special["eos"]),
             pad_id=int(special["pad"]),
         )
-    return HFTokenizer(text, bos_id=bos_id, eos_id=eos_id)
+    return HFTokenizer(
+        text, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos, stop_ids=stop_ids, chat_template=chat_template
+    )
 
 
 def load_tokenizer(path: str | Path, bos_id: int = -1, eos_id: int = -1) -> Tokenizer:

@@ -7,7 +7,7 @@ streaming and timing, so all runners behave the same for the same flags.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
@@ -52,20 +52,45 @@ def check_finite(logits: np.ndarray) -> None:
         )
 
 
+def stop_set(eos_id: int | Iterable[int]) -> frozenset[int]:
+    """The ids that end generation: one EOS id, or several (EOS, end of turn, ...)."""
+    return frozenset((eos_id,) if isinstance(eos_id, int) else (int(i) for i in eos_id))
+
+
 def generate_ids(
     backend: StepBackend,
     prompt_ids: list[int],
     max_new_tokens: int,
     sampler: Sampler,
-    eos_id: int,
+    eos_id: int | Iterable[int],
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[list[int], GenerationStats]:
-    """Prefill the prompt, then sample up to max_new_tokens; stops at EOS or when the context is full."""
-    context = check_prompt_fits(backend, prompt_ids)
+    """Prefill the prompt, then sample up to max_new_tokens; stops at a stop id (`eos_id`: one id or several)
+    or when the context is full."""
+    check_prompt_fits(backend, prompt_ids)
     backend.reset()
-    stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
+    return continue_ids(backend, prompt_ids, max_new_tokens, sampler, eos_id, on_token)
+
+
+def continue_ids(
+    backend: StepBackend,
+    new_ids: list[int],
+    max_new_tokens: int,
+    sampler: Sampler,
+    eos_id: int | Iterable[int],
+    on_token: Callable[[int], None] | None = None,
+) -> tuple[list[int], GenerationStats]:
+    """`generate_ids` after what the backend's KV cache already holds: `new_ids` take the next positions (a chat's
+    next turn feeds only its new tokens). Afterwards the cache holds new_ids and the generated tokens fed back:
+    all of them after a stop id, all but the last after the token limit or a full context."""
+    if not new_ids:
+        raise OmniCoderError("the prompt encodes to no tokens; pass some text")
+    context = backend.context_length
+    stops = stop_set(eos_id)
+    stats = GenerationStats(prompt_tokens=len(new_ids), stop_reason="limit")
     out: list[int] = []
-    ids, positions = list(prompt_ids), list(range(len(prompt_ids)))
+    first = backend.cache_length
+    ids, positions = list(new_ids), list(range(first, first + len(new_ids)))
     start = time.perf_counter()
     for step in range(max_new_tokens):
         logits = backend.step(ids, positions)
@@ -74,7 +99,7 @@ def generate_ids(
         if step == 0:
             stats.prefill_seconds, start = now - start, now
             check_finite(logits)
-        if token == eos_id:
+        if token in stops:
             stats.stop_reason = "eos"
             break
         out.append(token)
@@ -111,15 +136,14 @@ def generate_text(
             if on_text is not None:
                 on_text(piece)
 
-    prompt_ids = tokenizer.encode(prompt, add_bos=True)
+    prompt_ids = tokenizer.encode(prompt, add_bos=getattr(tokenizer, "add_bos", True))
+    stops = getattr(tokenizer, "stop_ids", [tokenizer.eos_id])
     on_token = lambda token: emit(decoder.push(token))  # noqa: E731
     if speculative:
         from omnicoder.runtimes.speculative import generate_ids_speculative
 
-        _, stats = generate_ids_speculative(
-            backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, speculative, on_token
-        )
+        _, stats = generate_ids_speculative(backend, prompt_ids, max_new_tokens, sampler, stops, speculative, on_token)
     else:
-        _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, tokenizer.eos_id, on_token)
+        _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, stops, on_token)
     emit(decoder.flush())
     return "".join(pieces), stats

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from omnicoder.runtimes.decode_loop import StepBackend, check_prompt_fits
+from omnicoder.runtimes.decode_loop import StepBackend, check_prompt_fits, stop_set
 from omnicoder.runtimes.sampling import Sampler
 from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
 
@@ -72,7 +72,7 @@ def generate_ids_speculative(
     prompt_ids: list[int],
     max_new_tokens: int,
     sampler: Sampler,
-    eos_id: int,
+    eos_id: int | list[int],
     k: int,
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[list[int], GenerationStats]:
@@ -91,7 +91,7 @@ def generate_ids_speculative(
 
     def emit(token: int) -> bool:
         """Record a token; False when generation must stop."""
-        if token == eos_id:
+        if token in stop_set(eos_id):  # one EOS id or several stop ids
             stats.stop_reason = "eos"
             return False
         out.append(token)
