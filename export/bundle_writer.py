@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from omnicoder.export.bundle_tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported
+from omnicoder.export.bundle_tokenizer import Sidecars, tokenizer_section, write_tokenizer_files
 from omnicoder.runtimes.stats import peak_rss_mb
 
 from omnicoder import __version__
@@ -25,7 +27,6 @@ RETENTION_DEFAULTS = {
     "compress": "nf4",
     "group": 16,
 }
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
@@ -121,10 +122,11 @@ def write_common_files(
     spec: KVQuantSpec | None = None,
     training: dict | None = None,
 ) -> dict:
-    """Write tokenizer.json and the paging sidecar; return the manifest's `sidecars` section."""
-    (directory / TOKENIZER_FILE).write_text(tokenizer_json)
+    """Write tokenizer.json (+ chat_template.jinja) and the paging sidecar; return the manifest's `sidecars`
+    section (which carries the `tokenizer` section on to `common_manifest`)."""
+    sidecars = Sidecars(kv_paging=PAGING_SIDECAR)
+    sidecars.tokenizer = write_tokenizer_files(directory, tokenizer_json, config)
     (directory / PAGING_SIDECAR).write_text(json.dumps(paging_sidecar(config, page_len, spec), indent=2))
-    sidecars = {"kv_paging": PAGING_SIDECAR}
     if config.retention_head:
         (directory / RETENTION_SIDECAR).write_text(json.dumps(retention_sidecar(config, training), indent=2))
         sidecars["retention"] = RETENTION_SIDECAR
@@ -171,11 +173,8 @@ def common_manifest(
         "model": model_metadata(config, parameters),
         "precision": precision,
         "graph": graph,
-        "tokenizer": {
-            "file": TOKENIZER_FILE,
-            "type": "omnicoder-byte" if config.tokenizer == "byte" else "huggingface",
-        },
-        "sidecars": sidecars,
+        "tokenizer": getattr(sidecars, "tokenizer", None) or tokenizer_section("", config),
+        "sidecars": dict(sidecars),
         "export": {
             "command": command,
             "seconds": round(time.perf_counter() - started, 1),

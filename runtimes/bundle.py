@@ -107,6 +107,8 @@ class Bundle:
 
     def tokenizer(self):
         """The bundle's tokenizer, read through input_files and checked against the model's vocabulary."""
+        from omnicoder.runtimes.tokenizer_fields import tokenizer_fields
+
         from omnicoder.tokenizer import tokenizer_from_json
 
         name = self.manifest["tokenizer"]["file"]
@@ -115,7 +117,7 @@ class Bundle:
         if self.manifest["tokenizer"]["type"] == "omnicoder-byte":
             bundle_checks.check_byte_tokenizer(self.manifest, spec, name)
         try:
-            tokenizer = tokenizer_from_json(text, self.model["bos_id"], self.model["eos_id"])
+            tokenizer = tokenizer_from_json(text, self.model["bos_id"], self.model["eos_id"], **tokenizer_fields(self))
         except OmniCoderError:
             raise
         except Exception as exc:  # the tokenizers library reports a malformed file as a bare Exception
