@@ -11,6 +11,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, run_chat
+
 from omnicoder.cliutil import COUNT, MEGABYTES, THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import OmniCoderError
 
@@ -24,6 +26,7 @@ def build_parser(prog: str, description: str | None, target: str, threads_help: 
     p.add_argument("--score-window", type=COUNT, default=0, help="--score: tokens per window (default: the context)")
     p.add_argument("--threads", type=THREADS, default=0, help=threads_help)
     p.add_argument("--json", action="store_true", help="print stats (or the score) as JSON on the last line")
+    add_chat_args(p)
     kv = p.add_argument_group("KV paging (see docs/bundle.md)")
     kv.add_argument("--window", type=COUNT, default=None, help="tokens of recent context attended (enables paging)")
     kv.add_argument(
@@ -128,6 +131,7 @@ def run(args, make_backend: Callable) -> int:
     from omnicoder.runtimes.decode_loop import generate_text
     from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
+    chat = chat_requested(args)
     if args.score:
         bundle = open_bundle(args.bundle)
         result = score(make_backend(bundle), bundle, args.score, args.score_window)
@@ -138,11 +142,13 @@ def run(args, make_backend: Callable) -> int:
         if args.json:
             print(json.dumps(result))
         return 0
-    prompt = read_prompt(args)
+    prompt = chat_prompt(args) if chat else read_prompt(args)
     sampler = Sampler(SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
     bundle = open_bundle(args.bundle)
     backend = make_backend(bundle)
     tokenizer = bundle.tokenizer()
+    if chat:
+        return run_chat(args, prompt, backend, tokenizer, sampler, "bundle")
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)

@@ -9,6 +9,7 @@ import sys
 
 from omnicoder.cliutil import THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import cli_main
+from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, run_chat
 from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
 
@@ -21,13 +22,15 @@ def build_parser() -> ArgumentParser:
     )
     add_sampling_args(p)
     p.add_argument("--threads", type=THREADS, default=0, help="torch intra-op threads (0: torch's default)")
+    add_chat_args(p)
     return p
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prompt = read_prompt(args)
+    chat = chat_requested(args)
+    prompt = chat_prompt(args) if chat else read_prompt(args)
     sampler = Sampler(SamplingParams(args.temperature, args.top_k, args.top_p, args.seed))
     import torch
 
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(args.model)
+    if chat:
+        return run_chat(args, prompt, TorchBackend(model), tokenizer, sampler, "model")
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)
