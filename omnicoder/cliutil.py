@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -11,7 +12,7 @@ from typing import NoReturn
 from omnicoder.errors import OmniCoderError
 
 MAX_COUNT = 1 << 31  # tokens, steps, windows: more than any context
-MAX_THREADS = 1024
+MAX_THREADS = max(16, 4 * (os.cpu_count() or 1))  # more only oversubscribes the cores (and spins)
 MAX_MB = float(1 << 30)  # a budget in MiB: 1 PiB
 MAX_PROMPT_BYTES = 64 << 20
 
@@ -59,7 +60,7 @@ def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str],
 COUNT = int_in(0, MAX_COUNT)
 THREADS = int_in(0, MAX_THREADS)
 MEGABYTES = float_in(0.0, MAX_MB)
-TOKENS = int_in(-MAX_COUNT, MAX_COUNT)  # a token count whose sign the tool checks with its own message
+TOKENS = int_in(1, MAX_COUNT)  # a token count (--context)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def check_types(obj: object, prefix: str = "config ") -> None:
             continue
         wrong = not isinstance(value, allowed) or (isinstance(value, bool) and f.type != "bool")
         if wrong:
-            raise OmniCoderError(f"{prefix}{f.name} must be a {f.type}, got {str(value)[:40]!r}")
+            raise OmniCoderError(f"{prefix}{f.name} must be of type {f.type}, got {str(value)[:40]!r}")
         if f.type == "float" and not math.isfinite(value):
             raise OmniCoderError(f"{prefix}{f.name} must be a finite number, got {value}")
         if f.type == "str" and len(value) > 200:

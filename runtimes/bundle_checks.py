@@ -15,6 +15,7 @@ FIX = "re-export the bundle with omnicoder-export"
 GRAPH_SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
 COMPONENT_BYTES = {"float32": 4, "float16": 2, "uint8": 1}
 MAX_KV_WIDTH = 65536
+MAX_TOKENS = 1 << 24
 
 
 def _fail(message: str) -> None:
@@ -98,7 +99,10 @@ def check_manifest(manifest: dict) -> None:
     model, graph, kv = manifest["model"], manifest["graph"], manifest["graph"]["kv"]
     target = manifest["target"]
     if not graph["file"].endswith(GRAPH_SUFFIX[target]):
-        _fail(f"manifest.json: a {target} bundle's graph is a {GRAPH_SUFFIX[target]} file, not {graph['file']!r}")
+        suffix = GRAPH_SUFFIX[target]
+        _fail(f"manifest.json: target {target!r} needs a graph file ending in {suffix}, not {graph['file']!r}")
+    if target == "coreml" and f"{graph['file']}/Manifest.json" not in manifest["files"]:
+        _fail(f"manifest.json: a coreml bundle's graph {graph['file']!r} must be an .mlpackage with a Manifest.json")
     for name in ("bos_id", "eos_id", "pad_id"):
         if model[name] >= model["vocab_size"]:
             _fail(f"manifest.json: model.{name} {model[name]} is outside the vocabulary ({model['vocab_size']})")
@@ -127,7 +131,20 @@ def check_manifest(manifest: dict) -> None:
     if kv.get("io") == "shared" and graph.get("attention_op", "GroupQueryAttention") != "GroupQueryAttention":
         _fail(f"manifest.json: graph.kv.io 'shared' needs GroupQueryAttention, not {graph.get('attention_op')!r}")
     kv_storage(manifest)
-    _check_tensor_list(manifest)
+    if target == "onnx":
+        _check_tensor_list(manifest)
+    if target == "executorch":
+        _check_executorch(manifest)
+
+
+def _check_executorch(manifest: dict) -> None:
+    """graph.executorch: how the program holds its KV and for how many tokens (the runner sizes from these)."""
+    section = manifest["graph"].get("executorch")
+    if not isinstance(section, dict) or section.get("kv_mode") not in ("buffer", "io"):
+        _fail("manifest.json: an executorch bundle needs graph.executorch with kv_mode 'buffer' or 'io'")
+    length = section.get("max_seq_len")
+    if not isinstance(length, int) or isinstance(length, bool) or not 2 <= length <= MAX_TOKENS:
+        _fail(f"manifest.json: graph.executorch.max_seq_len must be a token count from 2 to {MAX_TOKENS}")
 
 
 def _check_tensor_list(manifest: dict) -> None:

@@ -36,7 +36,7 @@ def session_options(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: our one-line error carries onnxruntime's message
     return options
 
 

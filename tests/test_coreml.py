@@ -226,6 +226,8 @@ def test_checker_catches_a_lying_manifest(coreml_bundle, tmp_path, capsys):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["precision"]["weights"] = "fp16"
     manifest["model"]["n_layers"] = 3
+    paging = json.loads((copy / "model.kv_paging.json").read_text())  # a coherent lie: only the program tells
+    (copy / "model.kv_paging.json").write_text(json.dumps({**paging, "n_layers": 3}))
     finalize_bundle(copy, {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")})
     report = check_coreml_bundle(copy)
     assert not report["passed"]

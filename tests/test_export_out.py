@@ -139,8 +139,8 @@ def test_nan_weights_are_refused_before_export(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"n_layers": "4"}, "n_layers must be a int"),
-        ({"n_layers": True}, "n_layers must be a int"),
+        ({"n_layers": "4"}, "n_layers must be of type int"),
+        ({"n_layers": True}, "n_layers must be of type int"),
         ({"d_model": 10**9}, "over the limit"),
         ({"rope_theta": 1e400}, "overflows"),
         ({"norm_eps": 0}, "norm_eps"),

@@ -39,6 +39,10 @@ def retarget(tmp_path: Path, target: str, kv_io: str | None = None) -> Path:
         (out / "model.mlpackage" / "Data" / "weights.bin").write_bytes(b"\x00\x01weights")
         (out / "model.mlpackage" / "Manifest.json").write_text("{}")
         manifest["graph"]["file"] = "model.mlpackage"
+    if target == "executorch":
+        (out / "model.onnx").rename(out / "model.pte")
+        manifest["graph"]["file"] = "model.pte"
+        manifest["graph"]["executorch"] = {"kv_mode": "io", "max_seq_len": manifest["model"]["context_length"]}
     manifest["target"] = target
     if kv_io:
         manifest["graph"]["kv"]["io"] = kv_io
