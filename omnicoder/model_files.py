@@ -55,3 +55,25 @@ def load_directory_tokenizer(model_dir: Path, bos_id: int, eos_id: int):
 
     text = read_tokenizer_text(model_dir / "tokenizer.json", "re-save the model with its tokenizer.json")
     return tokenizer_from_json(text, bos_id=bos_id, eos_id=eos_id)
+
+
+def check_model_out(out: str, will_write: set[str]) -> None:
+    """A model directory to (re)write: absent, empty, or holding only files that will be written again (so
+    replacing it atomically loses nothing); never a file, a link, the current directory or one of its parents."""
+    import os
+
+    if not out.strip() or "\x00" in out:
+        raise OmniCoderError("--out is empty; pass the model directory to write")
+    path = Path(os.path.abspath(out))
+    if path == Path.cwd() or path in Path.cwd().parents or path.is_symlink():
+        raise OmniCoderError(f"--out {out} is the current directory, a parent or a link; pass a directory of its own")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OmniCoderError(f"--out {out} exists and is a file; pass a directory (nothing was written)")
+    others = sorted(p.name for p in path.iterdir() if p.name not in will_write or not p.is_file())
+    if others:
+        raise OmniCoderError(
+            f"--out {out} holds files this command would not write again ({', '.join(others[:3])}); "
+            "pass a new or empty directory, or move them (nothing was written)"
+        )
