@@ -191,3 +191,15 @@ def test_a_real_export_replaces_a_bundle_it_may_and_nothing_else(model_dir, tmp_
     assert json.loads((out / "manifest.json").read_text())["model"]["name"] == "test-gqa"
     assert (tmp_path / "keep.txt").read_text() == "keep\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "model", "out"]
+
+
+def test_train_retention_out_keeps_user_files(tmp_path, capsys):
+    from omnicoder.cli import train_retention
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    assert train_retention.main(["--model", "default", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "would not write again (notes.txt)" in err and err.count("\n") == 1
+    assert (out / "notes.txt").read_text() == "mine\n"
