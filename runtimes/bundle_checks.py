@@ -95,14 +95,9 @@ def kv_bytes_per_token_per_layer(manifest: dict) -> int:
 
 
 def check_manifest(manifest: dict) -> None:
-    """The manifest's model, KV contract, target and graph file agree with each other."""
+    """The manifest's model and KV contract agree with each other (the graph file with the target: check_target)."""
     model, graph, kv = manifest["model"], manifest["graph"], manifest["graph"]["kv"]
     target = manifest["target"]
-    if not graph["file"].endswith(GRAPH_SUFFIX[target]):
-        suffix = GRAPH_SUFFIX[target]
-        _fail(f"manifest.json: target {target!r} needs a graph file ending in {suffix}, not {graph['file']!r}")
-    if target == "coreml" and f"{graph['file']}/Manifest.json" not in manifest["files"]:
-        _fail(f"manifest.json: a coreml bundle's graph {graph['file']!r} must be an .mlpackage with a Manifest.json")
     for name in ("bos_id", "eos_id", "pad_id"):
         if model[name] >= model["vocab_size"]:
             _fail(f"manifest.json: model.{name} {model[name]} is outside the vocabulary ({model['vocab_size']})")
@@ -133,12 +128,19 @@ def check_manifest(manifest: dict) -> None:
     kv_storage(manifest)
     if target == "onnx":
         _check_tensor_list(manifest)
-    if target == "executorch":
-        _check_executorch(manifest)
 
 
-def _check_executorch(manifest: dict) -> None:
-    """graph.executorch: how the program holds its KV and for how many tokens (the runner sizes from these)."""
+def check_target(manifest: dict) -> None:
+    """The graph is what `target` says (checked where the target decides what happens: a runner, the apps):
+    an .onnx file, a .pte program with its graph.executorch section, or an .mlpackage with a Manifest.json."""
+    target, graph = manifest["target"], manifest["graph"]
+    if not graph["file"].endswith(GRAPH_SUFFIX[target]):
+        suffix = GRAPH_SUFFIX[target]
+        _fail(f"manifest.json: target {target!r} needs a graph file ending in {suffix}, not {graph['file']!r}")
+    if target == "coreml" and f"{graph['file']}/Manifest.json" not in manifest["files"]:
+        _fail(f"manifest.json: a coreml bundle's graph {graph['file']!r} must be an .mlpackage with a Manifest.json")
+    if target != "executorch":
+        return
     section = manifest["graph"].get("executorch")
     if not isinstance(section, dict) or section.get("kv_mode") not in ("buffer", "io"):
         _fail("manifest.json: an executorch bundle needs graph.executorch with kv_mode 'buffer' or 'io'")

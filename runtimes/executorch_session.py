@@ -27,6 +27,9 @@ def executorch_section(bundle: Bundle) -> dict:
         raise OmniCoderError(
             f"{bundle.path} is a {bundle.manifest['target']} bundle; this runner needs an executorch bundle"
         )
+    from omnicoder.runtimes.bundle_checks import check_target
+
+    check_target(bundle.manifest)  # a .pte with graph.executorch (kv_mode, max_seq_len)
     return bundle.graph["executorch"]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
+from omnicoder.runtimes.bundle_checks import check_target
 from omnicoder.runtimes.graph_checks import ORT_ERRORS, check_allocation, check_session, ort_message
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVLayout, SharedKVCache
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
@@ -66,6 +67,7 @@ def create_session(
 ) -> ort.InferenceSession:
     if bundle.manifest["target"] != "onnx":
         raise OmniCoderError(f"{bundle.path} is a {bundle.manifest['target']} bundle; this runner needs an onnx bundle")
+    check_target(bundle.manifest)
     try:
         return ort.InferenceSession(
             str(bundle.file(bundle.graph["file"])),

@@ -37,6 +37,9 @@ def find_apps_root(given: str | Path | None = None) -> Path:
 
 def app_for(bundle: Bundle, wanted: str = "auto") -> tuple[str, str, str]:
     """(app, project marker, destination) for a bundle; refuses a bundle of the wrong target for `wanted`."""
+    from omnicoder.runtimes.bundle_checks import check_target
+
+    check_target(bundle.manifest)  # an onnx graph under target coreml would reach the iOS app
     target = bundle.manifest["target"]
     if target not in APPS:
         raise OmniCoderError(

@@ -207,7 +207,7 @@ def test_bad_inputs_are_one_line_errors(et_bundle, tmp_path, capfd):
         (["--bundle", good, "--prompt", "x", "--window", "64"], "need a --kv io bundle"),
         (["--bundle", good, "--prompt", "x" * 100], "longer than the model's context (96)"),
         (["--bundle", good, "--score", good + "/tokenizer.json", "--score-window", "97"], "exceeds"),
-        (["--bundle", str(onnx_like), "--prompt", "x"], "target 'onnx' needs a graph file ending in .onnx"),
+        (["--bundle", str(onnx_like), "--prompt", "x"], "needs an executorch bundle"),
         (["--bundle", good, "--prompt", "x", "--threads", "-1"], "--threads"),
         (["--bundle", good, "--score", str(tmp_path / "missing.py")], "not a readable file"),
     ]
