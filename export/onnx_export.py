@@ -1,8 +1,9 @@
 """`omnicoder-export --target onnx`: model -> ONNX decode-step graph -> bundle directory.
 
-Weights: fp32; fp16 (float16 storage, fp32 compute); int4 (weight-only, symmetric, block 32; every
-nn.Linear of the blocks and MTP heads); int8 (per-channel weights, dynamic int8 activations). The
-embedding and the tied LM head stay fp32 in every mode (see `omnicoder.quant`).
+Weights: fp32; fp16 (float16 storage, fp32 compute); int4 (weight-only, block 32, symmetric or with zero
+points; every nn.Linear of the blocks and MTP heads); int8 (per-channel weights, dynamic int8 activations).
+A `gguf:` model keeps its file's Q4_0 / Q4_1 / Q8_0 blocks (`omnicoder.gguf_blocks`). Large vocabularies
+quantize the LM head too, and a tied embedding then reads the head's codes (`onnx_embedding`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omnicoder.export.bundle_writer import (
     write_common_files,
 )
 from omnicoder.export.genai_config import write_genai_config
+from omnicoder.export.onnx_embedding import share_head_codes
 from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears, shared_buffer_attention
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
@@ -33,7 +35,7 @@ from omnicoder.kv_quant import DEFAULT_ROTATION, KVQuantSpec
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
 # Above this vocabulary the LM head is most of the bytes read per token (a 32k x 768 head is 98 MB in fp32), so
-# int4/int8 quantize it too; the embedding stays fp32 (a gather reads one row). Byte vocabularies keep it fp32.
+# int4/int8 quantize it too (a tied embedding then gathers rows of its codes). Byte vocabularies keep it fp32.
 QUANTIZED_HEAD_MIN_VOCAB = 1024
 KV_IO = ("present", "shared")
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
@@ -171,7 +173,7 @@ def export_onnx_bundle(
     kept: dict = {}
     quantized_head = options.weights in ("int4", "int8") and config.vocab_size > QUANTIZED_HEAD_MIN_VOCAB
     if quantized_head:
-        head_precision = f"{options.weights} (a quantized copy; the embedding stays fp32)"
+        head_precision = f"{options.weights} (a quantized copy of the embedding)"
     else:
         head_precision = "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32"
     if options.weights in ("int4", "int8"):
@@ -192,10 +194,16 @@ def export_onnx_bundle(
         stages.update(1)
         stages.set_postfix_str("lower quantized linears")
         proto = onnx.load(str(graph_path))
+        placeholders = sum(n.domain == "omnicoder" and n.op_type == "QuantLinear" for n in proto.graph.node)
         merged = merge_sibling_quant_linears(proto) if options.fuse else 0
-        lowered = lower_quant_linears(proto, options.int4_format, options.accuracy_level)
-        if lowered + merged != quantized:
-            raise OmniCoderError(f"internal: {quantized} layers quantized but {lowered} + {merged} merged lowered")
+        share = quantized_head and config.tie_embeddings
+        head_rows = config.vocab_size if share else 0
+        lowered = lower_quant_linears(proto, options.int4_format, options.accuracy_level, head_rows)
+        embedding = (share_head_codes(proto, config.vocab_size, config.d_model) if share else None) or "fp32"
+        if lowered + merged != placeholders or placeholders < quantized:  # a layer may be called more than once
+            raise OmniCoderError(
+                f"internal: {quantized} layers quantized, {placeholders} calls, but {lowered} + {merged} merged lowered"
+            )
         fusions = {"merged_linears": merged, **apply_fusions(proto)} if options.fuse else {}
         if options.kv_io == "shared":
             fusions["shared_buffer_attention"] = shared_buffer_attention(
@@ -226,7 +234,7 @@ def export_onnx_bundle(
             "kept_file_blocks": len(kept) if options.weights in ("int4", "int8") else 0,
             "block_size": 32 if options.weights == "int4" else None,
             "kv": options.kv,
-            "embedding": "fp32",
+            "embedding": embedding,
             "lm_head": head_precision,
             "quantized_layers": quantized,
         }

@@ -147,8 +147,11 @@ def _int8_dynamic(node, x, codes, scales, out, prefix):
     return nodes, [weight, w_scale]
 
 
-def lower_quant_linears(model: onnx.ModelProto, int4_form: str = "qdq", accuracy_level: int = 4) -> int:
-    """Replace every omnicoder.QuantLinear node in place; returns how many were lowered."""
+def lower_quant_linears(
+    model: onnx.ModelProto, int4_form: str = "qdq", accuracy_level: int = 4, matmulnbits_rows: int = 0
+) -> int:
+    """Replace every omnicoder.QuantLinear node in place; returns how many were lowered. Layers with
+    `matmulnbits_rows` output features (the LM head, whose codes the embedding shares) become MatMulNBits."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     uses = _consumers(graph)
@@ -172,7 +175,7 @@ def lower_quant_linears(model: onnx.ModelProto, int4_form: str = "qdq", accuracy
             )
         elif bits == 8 and scales.shape[1] > 1:
             nodes, tensors = _int8_matmulnbits(node, x, codes, scales, block, node.output[0], prefix, accuracy_level)
-        elif bits == 4 and int4_form == "qdq":
+        elif bits == 4 and int4_form == "qdq" and codes.shape[0] != matmulnbits_rows:
             nodes, tensors = _int4_qdq(node, x, codes, scales, block, node.output[0], prefix)
         elif bits == 4:
             nodes, tensors = _int4_matmulnbits(node, x, codes, scales, block, node.output[0], prefix, accuracy_level)

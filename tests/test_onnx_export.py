@@ -160,3 +160,39 @@ def test_quantized_graph_matches_quantized_pytorch(bundles, name, bound):
     want = quantized(ids, torch.arange(16).expand(2, 16)).logits.numpy()
     relative = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert relative < bound, relative
+
+
+def test_tied_embedding_reads_the_quantized_heads_codes(tmp_path):
+    """A large tied vocabulary: the int4 head is MatMulNBits and the embedding GatherBlockQuantized over the same
+    codes; no float [vocab, d_model] matrix stays in the bundle, and the logits match PyTorch with that embedding."""
+    import numpy as np
+    import onnx
+    import torch
+    from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    from omnicoder.config import OmniCoderConfig
+    from omnicoder.model import OmniCoder
+    from omnicoder.presets import gqa_test_config
+    from omnicoder.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    config = OmniCoderConfig(**{**gqa_test_config().to_dict(), "vocab_size": 2048, "tie_embeddings": True})
+    model = OmniCoder(config).eval()
+    tokenizer = ByteTokenizer(vocab_size=2048).to_json()
+    manifest = export_onnx_bundle(model, tokenizer, tmp_path / "b", OnnxExportOptions(weights="int4"))
+    assert "GatherBlockQuantized" in manifest["precision"]["embedding"]
+    graph = onnx.load(tmp_path / "b" / "model.onnx").graph
+    ops = {n.op_type for n in graph.node}
+    assert {"GatherBlockQuantized", "MatMulNBits"} <= ops and "Gather" not in ops
+    assert not any(tuple(i.dims) == (2048, config.d_model) and i.data_type == 1 for i in graph.initializer)
+    with torch.no_grad():
+        model.embed = torch.nn.Embedding.from_pretrained(model.lm_head.dequantized_weight())
+        ids = torch.randint(0, 2048, (1, 12), generator=torch.Generator().manual_seed(1))
+        expected = model(ids, torch.arange(12)[None]).logits[0].numpy()
+    bundle = open_bundle(tmp_path / "b")
+    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+    backend.reset()
+    got = backend.step_all(ids[0].tolist(), list(range(12)))
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
