@@ -110,6 +110,7 @@ class OnnxBackend:
         self.session = session
         self.model_context = bundle.model["context_length"]
         self.n_mtp = bundle.model["n_mtp"]
+        self.precision = bundle.manifest["precision"]  # how exact speculative decoding is (runtimes/speculative.py)
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.paging = paging
         self.retention = retention

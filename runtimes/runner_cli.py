@@ -125,6 +125,17 @@ def score(backend, bundle, files: list[str], window: int) -> dict:
     return result
 
 
+def warn_if_speculative_inexact(backend, sampler, k: int) -> None:
+    """One stderr line when --speculative K cannot keep plain decoding's output here (runtimes/speculative.py)."""
+    if not k:
+        return
+    from omnicoder.runtimes.speculative import exactness_note
+
+    note = exactness_note(backend, sampler, k)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def run(args, make_backend: Callable) -> int:
     """Score (--score) or generate with the backend `make_backend(bundle)` builds; prints per the convention."""
     from omnicoder.runtimes.bundle import open_bundle
@@ -147,6 +158,7 @@ def run(args, make_backend: Callable) -> int:
     bundle = open_bundle(args.bundle)
     backend = make_backend(bundle)
     tokenizer = bundle.tokenizer()
+    warn_if_speculative_inexact(backend, sampler, getattr(args, "speculative", 0) or 0)
     if chat:
         return run_chat(args, prompt, backend, tokenizer, sampler, "bundle")
 

@@ -5,28 +5,66 @@ with T = k + 1 tokens [x, d_1 .. d_k] verifies the drafts: d_i is accepted with 
 min(1, p_i(d_i) / q_i(d_i)) (p_i: the target distribution after the previous tokens, q_i: the draft head's
 distribution; both through the same temperature / top-k / top-p), and on the first rejection a token is drawn
 from the normalized residual max(0, p_i - q_i) and the cache is rolled back to the accepted prefix. This is the
-standard rule (Leviathan et al. 2023; Chen et al. 2023): the output distribution equals plain sampling. With
-greedy sampling p and q are one-hot, so the output equals plain greedy decoding token for token.
+standard rule (Leviathan et al. 2023; Chen et al. 2023): the output follows the distribution of the verify rows'
+logits. With greedy sampling p and q are one-hot.
 
-With a KV window (paging), the verify call attends the window as of its first token, so the later drafts see
-up to k tokens more than plain decoding would: outputs can then differ slightly from plain windowed decoding.
+What holds, precisely. Kernels round a T-token call differently from T one-token calls, and the KV rows a verify
+call writes differ the same way, so a verify row's logits are plain decoding's only up to a discrepancy
+(VERIFY_DISCREPANCY, measured on the default model over held-out code, docs/benchmarks.md): 3e-5 with fp32 or
+fp16 weights; 0.15 with int4 weights (MatMulNBits takes another kernel path for one row); 2.2 with int8 weights
+(their activations share one quantization scale per call); an fp16 / u8 KV cache adds 0.003 / 0.03.
+
+- Greedy with fp32/fp16 weights and an fp32 KV cache (`exactness(backend).tie_margin` > 0): the prompt is
+  prefilled as plain decoding does, and a verify row decides a token only when its best logit leads the runner-up
+  by at least FLOAT_TIE_MARGIN (1e-3, 30x the discrepancy; a decision can flip only where the lead is under twice
+  it). At a closer row the drafts before it are kept, the cache is rolled back to the last row plain decoding
+  would have computed identically, and the tokens since are replayed one per call, as plain decoding runs them,
+  so that row's logits are plain decoding's own. The output is then plain greedy decoding's, token for token,
+  whenever the discrepancy stays under half the margin.
+- Greedy with other weights or KV precisions: no guard (closer rows would be so common that replaying them costs
+  more than speculation saves). The output equals plain decoding's up to the first token whose best logit leads
+  by less than twice the discrepancy; from there on it can differ.
+- Sampling: the tokens follow the verify rows' distribution, plain decoding's up to the discrepancy.
+- With a KV window (paging) a verify call attends the window as of its first token (later drafts see up to k
+  more tokens than plain decoding would); with predicted pages the pages come from the previous call's last
+  query; under a retention budget the policy acts once per call, not per token. Outputs can then differ.
+
+`exactness(backend)` says which case applies; `exactness_note` is the one line a runner prints to stderr when the
+user asks for --speculative where it is not exact.
 
 A backend adds two methods to the decode-step protocol: `verify(ids, positions) -> (logits [T, V],
-mtp_logits [T, n_mtp, V])`, appending the T tokens to its cache, and `truncate(length)`.
+mtp_logits [T, n_mtp, V])`, appending the T tokens to its cache, and `truncate(length)`. It may name its
+`precision` (the manifest's section) and `paging` / `retention` policies; one without `precision` (the PyTorch
+reference) counts as fp32.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from omnicoder.runtimes.decode_loop import StepBackend, check_prompt_fits, stop_set
+from omnicoder.runtimes.decode_loop import StepBackend, check_finite, check_prompt_fits, stop_set
 from omnicoder.runtimes.sampling import Sampler
 from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
 
 from omnicoder.errors import OmniCoderError
+
+# The largest |logit| difference between a verify call's rows and one-token steps, default model, held-out code
+# (benchmarks/speculative_exactness.py), by weight / KV precision. A greedy decision flips only where plain
+# decoding's top-2 lead is under twice it.
+VERIFY_DISCREPANCY = {"fp32": 3.3e-5, "fp16": 2.3e-5, "int4": 0.15, "int8": 2.2}
+KV_DISCREPANCY = {"fp16": 0.0032, "u8": 0.03}  # added by a quantized KV cache (fp32 weights)
+FLOAT_TIE_MARGIN = 1e-3  # the greedy guard's margin in logits: 30x the float discrepancy above
+FLOAT_WEIGHTS = ("fp32", "fp16")
+PRECISION_CAVEATS = {
+    "int4": "int4 weights (onnxruntime's MatMulNBits rounds a multi-token verify call differently from a one-token "
+    f"step: logits differ by up to ~{VERIFY_DISCREPANCY['int4']:g})",
+    "int8": "int8 weights (activations share one quantization scale per call, so a verify call's tokens quantize "
+    f"differently from one-token steps: logits differ by up to ~{VERIFY_DISCREPANCY['int8']:g})",
+}
 
 
 class SpeculativeBackend(StepBackend, Protocol):
@@ -37,6 +75,59 @@ class SpeculativeBackend(StepBackend, Protocol):
 
     def truncate(self, length: int) -> None:
         """Drop cached tokens beyond `length` (rejected drafts)."""
+
+
+@dataclass(frozen=True)
+class Exactness:
+    """How close speculative decoding comes to plain decoding on a backend."""
+
+    tie_margin: float  # greedy: verify rows with a smaller top-2 logit lead are recomputed (0: no guard)
+    caveats: tuple[str, ...]  # why outputs can differ from plain decoding; empty: exact (see the module doc)
+
+
+def precision_caveats(precision: dict | None) -> list[str]:
+    """Why a bundle's verify calls are not interchangeable with one-token steps (none for float weights + KV)."""
+    if precision is None:
+        return []
+    weights, kv = precision.get("weights", "fp32"), precision.get("kv") or "fp32"
+    caveats = []
+    if weights not in FLOAT_WEIGHTS:
+        unknown = f"{weights} weights (verify calls were not measured against one-token steps)"
+        caveats.append(PRECISION_CAVEATS.get(weights, unknown))
+    if kv != "fp32":
+        measured = f": logits differ by up to ~{KV_DISCREPANCY[kv]:g}" if kv in KV_DISCREPANCY else ""
+        caveats.append(f"a {kv} KV cache (a row a multi-token call writes can round to another {kv} value{measured})")
+    return caveats
+
+
+def cache_caveats(backend) -> list[str]:
+    """Why a backend's KV policy makes a verify call see other context than plain decoding."""
+    paging, caveats = getattr(backend, "paging", None), []
+    if paging is not None and paging.window > 0:
+        caveats.append("--window (a verify call attends the window as of its first token)")
+    if paging is not None and paging.predicted_pages > 0:
+        caveats.append("--predicted-pages (pages are picked by the previous call's last query)")
+    if getattr(backend, "retention", None) is not None:
+        caveats.append("--retention (the budget acts once per verify call, not once per token)")
+    return caveats
+
+
+def exactness(backend) -> Exactness:
+    """The greedy tie guard and the caveats for `backend` (module doc: what is guaranteed)."""
+    caveats = tuple(precision_caveats(getattr(backend, "precision", None)) + cache_caveats(backend))
+    return Exactness(0.0 if caveats else FLOAT_TIE_MARGIN, caveats)
+
+
+def exactness_note(backend, sampler: Sampler, k: int) -> str | None:
+    """The one stderr line for --speculative K where it is not exact; None where it is."""
+    caveats = exactness(backend).caveats
+    if not k or not caveats:
+        return None
+    if sampler.greedy:
+        differs = "greedy output can differ from plain decoding's"
+    else:
+        differs = "sampled tokens follow plain decoding's distribution only approximately"
+    return f"note: --speculative {k} is not exact here because of {'; '.join(caveats)}: {differs} (docs/benchmarks.md)"
 
 
 def draft(sampler: Sampler, logits: np.ndarray) -> tuple[int, np.ndarray]:
@@ -60,11 +151,93 @@ def accept(sampler: Sampler, token: int, target: np.ndarray, proposal: np.ndarra
     return False, sampler.draw(residual / total)
 
 
+def top2_margin(logits: np.ndarray) -> float:
+    """How far the largest logit leads the runner-up (0 on a tie)."""
+    top = np.partition(np.asarray(logits).reshape(-1), -2)[-2:]
+    return float(top[1] - top[0])
+
+
 def check_speculative(k: int, n_mtp: int) -> None:
     if k < 0:
         raise OmniCoderError(f"--speculative must be >= 0, got {k}")
     if k > n_mtp:
         raise OmniCoderError(f"--speculative {k} needs {k} MTP heads but the model has {n_mtp}; use at most {n_mtp}")
+
+
+class _Run:
+    """One speculative generation: the output, its stats, and how much of the cache plain decoding would share."""
+
+    def __init__(self, backend, prompt_ids, max_new_tokens, sampler, eos_id, k, on_token, tie_margin) -> None:
+        self.backend, self.sampler, self.eos_id, self.k, self.on_token = backend, sampler, eos_id, k, on_token
+        self.max_new_tokens, self.tie_margin = max_new_tokens, tie_margin
+        self.context = check_prompt_fits(backend, prompt_ids)
+        self.tokens = list(prompt_ids)  # the token at every cached position: the prompt, then the output
+        self.out: list[int] = []
+        self.clean = len(prompt_ids)  # cached rows below this were computed exactly as plain decoding does
+        self.stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
+
+    def emit(self, token: int) -> bool:
+        """Record a token; False when generation must stop."""
+        if token in stop_set(self.eos_id):  # one EOS id or several stop ids
+            self.stats.stop_reason = "eos"
+            return False
+        self.out.append(token)
+        self.tokens.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+        if len(self.out) >= self.max_new_tokens:
+            return False
+        if self.backend.cache_length + 1 >= self.context:
+            self.stats.stop_reason = "context"
+            return False
+        return True
+
+    def trusted(self, row_position: int, logits: np.ndarray) -> bool:
+        """Whether a row decides its next token as plain decoding would (the greedy tie guard)."""
+        return row_position < self.clean or not self.tie_margin or top2_margin(logits) >= self.tie_margin
+
+    def call(self, x: int, heads: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+        """Verify x and the drafts from `heads`; the logits and heads to continue from and a token decided by a
+        rejection (or None), or None when generation stops."""
+        room = min(self.k, self.max_new_tokens - len(self.out), self.context - self.backend.cache_length - 1)
+        drafts = [] if heads is None else [draft(self.sampler, heads[j]) for j in range(max(room, 0))]
+        base = self.backend.cache_length
+        ids = [x] + [d for d, _ in drafts]
+        logits, mtp = self.backend.verify(ids, list(range(base, base + len(ids))))
+        self.stats.model_calls += 1
+        self.stats.draft_tokens += len(drafts)
+        if len(ids) == 1 and base == self.clean:  # a one-token call on a clean cache: plain decoding's own
+            self.clean += 1
+        kept, pending = 0, None
+        for i in range(len(ids)):
+            if not self.trusted(base + i, logits[i]):
+                self.backend.truncate(base + 1 + kept)
+                return (*self.replay(base + 1 + kept), None)
+            if i == len(drafts):
+                break
+            token, proposal = drafts[i]
+            ok, chosen = accept(self.sampler, token, self.sampler.probabilities(logits[i]), proposal)
+            if not ok:
+                pending = chosen
+                break
+            kept += 1
+            self.stats.accepted_tokens += 1
+            if not self.emit(token):
+                self.backend.truncate(base + 1 + kept)
+                return None
+        self.backend.truncate(base + 1 + kept)
+        return logits[kept], mtp[kept], pending
+
+    def replay(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
+        """Recompute the cache from the last clean row to `upto` one token per call, as plain decoding did; the
+        last row's logits and MTP logits (plain decoding's own)."""
+        self.backend.truncate(self.clean)
+        for position in range(self.clean, upto - 1):
+            self.backend.step([self.tokens[position]], [position])
+        logits, mtp = self.backend.verify([self.tokens[upto - 1]], [upto - 1])
+        self.stats.model_calls += upto - self.clean
+        self.clean = upto
+        return logits[0], mtp[0]
 
 
 def generate_ids_speculative(
@@ -75,62 +248,30 @@ def generate_ids_speculative(
     eos_id: int | list[int],
     k: int,
     on_token: Callable[[int], None] | None = None,
+    tie_margin: float | None = None,
 ) -> tuple[list[int], GenerationStats]:
-    """Like `decode_loop.generate_ids`, drafting `k` tokens per call with the MTP heads."""
+    """Like `decode_loop.generate_ids`, drafting `k` tokens per call with the MTP heads.
+
+    tie_margin: the greedy guard (module doc); None takes `exactness(backend)`'s, 0 turns it off."""
     check_speculative(k, backend.n_mtp)
-    context = check_prompt_fits(backend, prompt_ids)
+    if not prompt_ids:
+        raise OmniCoderError("the prompt encodes to no tokens; pass some text")
+    if tie_margin is None:
+        tie_margin = exactness(backend).tie_margin
+    run = _Run(backend, prompt_ids, max_new_tokens, sampler, eos_id, k, on_token, tie_margin if sampler.greedy else 0)
     backend.reset()
-    stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
-    out: list[int] = []
     start = time.perf_counter()
-    logits, mtp = backend.verify(list(prompt_ids), list(range(len(prompt_ids))))
-    stats.prefill_seconds = time.perf_counter() - start
+    logits = backend.step(list(prompt_ids), list(range(len(prompt_ids))))  # the prefill exactly as plain decoding
+    run.stats.prefill_seconds = time.perf_counter() - start
+    check_finite(logits)
     start = time.perf_counter()
-    last_logits, last_mtp = logits[-1], mtp[-1]
-    pending: int | None = None  # a token decided (from a rejection) but not yet run through the model
-
-    def emit(token: int) -> bool:
-        """Record a token; False when generation must stop."""
-        if token in stop_set(eos_id):  # one EOS id or several stop ids
-            stats.stop_reason = "eos"
-            return False
-        out.append(token)
-        if on_token is not None:
-            on_token(token)
-        if len(out) >= max_new_tokens:
-            return False
-        if backend.cache_length + 1 >= context:
-            stats.stop_reason = "context"
-            return False
-        return True
-
-    while True:
-        x = sampler.sample(last_logits) if pending is None else pending
-        if not emit(x):
+    heads, pending = None, None  # no drafts until a verify call returns the MTP heads' logits
+    while run.emit(sampler.sample(logits) if pending is None else pending):
+        state = run.call(run.out[-1], heads)
+        if state is None:
             break
-        room = min(k, max_new_tokens - len(out), context - backend.cache_length - 1)
-        drafts = [draft(sampler, last_mtp[j]) for j in range(max(room, 0))]
-        base = backend.cache_length
-        ids = [x] + [d for d, _ in drafts]
-        logits, mtp = backend.verify(ids, list(range(base, base + len(ids))))
-        stats.model_calls += 1
-        stats.draft_tokens += len(drafts)
-        kept, pending, stop = 0, None, False
-        for i, (token, proposal) in enumerate(drafts):
-            ok, chosen = accept(sampler, token, sampler.probabilities(logits[i]), proposal)
-            if not ok:
-                pending = chosen
-                break
-            kept += 1
-            stats.accepted_tokens += 1
-            if not emit(token):
-                stop = True
-                break
-        backend.truncate(base + 1 + kept)
-        last_logits, last_mtp = logits[kept], mtp[kept]
-        if stop:
-            break
-    stats.decode_seconds = time.perf_counter() - start if out else 0.0
-    stats.generated_tokens = len(out)
-    stats.peak_rss_mb = peak_rss_mb()
-    return out, stats
+        logits, heads, pending = state
+    run.stats.decode_seconds = time.perf_counter() - start if run.out else 0.0
+    run.stats.generated_tokens = len(run.out)
+    run.stats.peak_rss_mb = peak_rss_mb()
+    return run.out, run.stats

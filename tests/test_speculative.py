@@ -1,19 +1,64 @@
-"""Self-speculative decoding with the MTP heads: greedy output identical, sampling distribution unchanged."""
+"""Self-speculative decoding with the MTP heads: greedy output identical where the arithmetic allows (fp32, with
+the tie guard), elsewhere parting only where plain decoding's two best logits are within twice the measured verify
+discrepancy (int4, int8; the runner says so on stderr); sampling distribution kept."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from omnicoder.runtimes.decode_loop import generate_ids
 from omnicoder.runtimes.sampling import Sampler, SamplingParams
-from omnicoder.runtimes.speculative import accept, generate_ids_speculative
+from omnicoder.runtimes.speculative import (
+    FLOAT_TIE_MARGIN,
+    VERIFY_DISCREPANCY,
+    accept,
+    exactness,
+    exactness_note,
+    generate_ids_speculative,
+    top2_margin,
+)
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.generate import TorchBackend
 from omnicoder.loading import load_model_and_tokenizer
 
+from .conftest import export_bundle
+
 PROMPT = b"def fibonacci(n):\n    if n < 2:\n        return n\n    return "
+ISSUE_PROMPT = "def parse_args(argv):\n    parser = argparse.ArgumentParser("
+CODE_PROMPTS = [
+    ISSUE_PROMPT,
+    "import os\nimport sys\n\n\ndef main(argv):\n    ",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        ",
+    "def read_lines(path):\n    with open(path) as f:\n        return ",
+    "for i in range(10):\n    if i % 2 == 0:\n        ",
+    "#include <stdio.h>\n\nint main(int argc, char **argv) {\n    ",
+    "function debounce(fn, ms) {\n  let timer;\n  return function (...args) {\n    ",
+    "SELECT name, COUNT(*) FROM users\nWHERE ",
+    "#!/bin/sh\nset -e\nfor f in *.txt; do\n    ",
+    "fn main() {\n    let v: Vec<i32> = (0..10).collect();\n    ",
+    'package main\n\nimport "fmt"\n\nfunc main() {\n\t',
+    "    def __repr__(self):\n        return ",
+    "try:\n    import json\nexcept ImportError:\n    ",
+    "@dataclass\nclass Point:\n    x: float\n    y: float\n\n    def norm(self):\n        ",
+    "def test_add():\n    assert add(1, 2) == ",
+    "x = [i * i for i in range(",
+    "if __name__ == '__main__':\n    ",
+    "<html>\n<head>\n<title>",
+    "all: build\n\nbuild:\n\t",
+    '    raise ValueError(f"',
+    "def merge(a, b):\n    result = []\n    i = j = 0\n    while ",
+    "import numpy as np\n\narr = np.",
+    "async def fetch(session, url):\n    async with session.get(url) as response:\n        ",
+    '# Copyright 2024\n"""Utilities for ',
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +157,159 @@ def test_onnx_runner_speculative_flag(bundles, capsys) -> None:
     assert fast.out == plain.out and "drafts accepted" in fast.err
     assert main([*args, "--speculative", "3"]) == 2  # the model has 2 MTP heads
     assert "at most 2" in capsys.readouterr().err
+
+
+class MarginRecorder:
+    """A backend proxy recording the top-2 logit lead behind each of plain decoding's decisions."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.margins: list[float] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
+        logits = self.backend.step(ids, positions)
+        self.margins.append(top2_margin(logits))
+        return logits
+
+
+@pytest.fixture(scope="module")
+def default_onnx(tmp_path_factory):
+    """The default model's ONNX bundles and plain greedy runs of CODE_PROMPTS: weights -> (backend, runs), where a
+    run is (prompt ids, output, the top-2 lead behind each output token)."""
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    from omnicoder.weights import load_model
+
+    root = tmp_path_factory.mktemp("default-onnx")
+    made = {}
+    for weights in ("fp32", "int8", "int4"):
+        export_bundle(load_model("default"), root / weights, weights=weights)
+        bundle = open_bundle(root / weights)
+        backend = OnnxBackend(bundle, create_session(bundle, 1))
+        tokenizer, runs = bundle.tokenizer(), []
+        for i, text in enumerate(CODE_PROMPTS):
+            ids = tokenizer.encode(text, add_bos=True)
+            recorder = MarginRecorder(backend)
+            out, _ = generate_ids(recorder, ids, 64 + 4 * i, Sampler(SamplingParams(temperature=0)), 257)
+            runs.append((ids, out, recorder.margins))
+        made[weights] = (backend, runs, root / weights)
+    return made
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def test_greedy_speculative_equals_plain_on_the_fp32_default_bundle(default_onnx) -> None:
+    """24 code prompts (the issue's among them), 64-156 tokens: identical; the tie guard is on and cheap."""
+    backend, runs, _ = default_onnx["fp32"]
+    assert exactness(backend).tie_margin == FLOAT_TIE_MARGIN and not exactness(backend).caveats
+    calls = tokens = 0
+    for ids, plain, _ in runs:
+        for k in (1, 2):
+            fast, stats = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, k)
+            assert fast == plain, (k, first_divergence(fast, plain))
+            calls, tokens = calls + stats.model_calls, tokens + len(plain)
+    assert calls < 0.75 * tokens  # fewer model calls than tokens, replays included
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_tie_guard_makes_quantized_greedy_exact(default_onnx, weights: str) -> None:
+    """The guard at 10x the bundle's measured verify discrepancy: rows with a smaller lead are replayed one token
+    per call from the last clean cache row, and the output is plain greedy decoding's on every prompt."""
+    backend, runs, _ = default_onnx[weights]
+    margin = 10 * VERIFY_DISCREPANCY[weights]
+    for ids, plain, _ in runs[:12]:
+        fast, _ = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, 2, None, margin)
+        assert fast == plain, first_divergence(fast, plain)
+        assert backend.cache_length - len(ids) in (len(plain) - 1, len(plain))  # rejected rows rolled back
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_quantized_greedy_speculative_parts_only_at_near_ties(default_onnx, weights: str) -> None:
+    """As shipped (no guard on int4/int8): identical up to the first token where plain decoding's top-2 lead is
+    under twice the measured verify discrepancy; the issue's prompt included."""
+    backend, runs, _ = default_onnx[weights]
+    assert exactness(backend).tie_margin == 0 and weights in exactness(backend).caveats[0]
+    identical = 0
+    for ids, plain, margins in runs:
+        fast, _ = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, 2)
+        parted = first_divergence(fast, plain)
+        identical += parted is None
+        if parted is not None:
+            assert margins[parted] < 2 * VERIFY_DISCREPANCY[weights], (parted, margins[parted])
+    assert identical >= 1
+
+
+def test_runner_says_once_when_speculative_is_not_exact(default_onnx, bundles, capsys) -> None:
+    from omnicoder.runtimes.onnx_decode_generate import main
+
+    def stderr(path, *flags: str) -> str:
+        args = ["--bundle", str(path), "--prompt", ISSUE_PROMPT, "--max-new-tokens", "40", "--threads", "1"]
+        assert main([*args, *flags]) == 0
+        return capsys.readouterr().err
+
+    int4 = default_onnx["int4"][2]
+    err = stderr(int4, "--temperature", "0", "--speculative", "2")
+    assert err.count("note: --speculative 2 is not exact here") == 1 and "int4 weights" in err and "greedy" in err
+    assert "distribution only approximately" in stderr(default_onnx["int8"][2], "--speculative", "1", "--seed", "3")
+    assert "note:" not in stderr(int4, "--temperature", "0")
+    assert "note:" not in stderr(default_onnx["fp32"][2], "--temperature", "0", "--speculative", "2")
+    windowed = stderr(bundles["mla-fp32"][2], "--temperature", "0", "--speculative", "2", "--window", "32")
+    assert windowed.count("note:") == 1 and "--window" in windowed
+
+
+def test_exactness_by_precision_and_cache_policy() -> None:
+    from omnicoder.runtimes.kv_paging import PagingPolicy
+
+    def backend(weights="fp32", kv="fp32", paging=None, retention=None):
+        return SimpleNamespace(precision={"weights": weights, "kv": kv}, paging=paging, retention=retention)
+
+    assert exactness(backend()).tie_margin == FLOAT_TIE_MARGIN == exactness(backend("fp16")).tie_margin
+    assert exactness(SimpleNamespace()).tie_margin == FLOAT_TIE_MARGIN  # the PyTorch reference: fp32
+    assert exactness(backend(paging=PagingPolicy(page_len=8, window=0))).tie_margin == FLOAT_TIE_MARGIN
+    for inexact, says in [
+        (backend("int4"), "MatMulNBits"),
+        (backend("int8"), "quantization scale"),
+        (backend("8da4w"), "8da4w weights"),
+        (backend(kv="u8"), "u8 KV cache"),
+        (backend(paging=PagingPolicy(page_len=8, window=16)), "--window"),
+        (backend(retention=object()), "--retention"),
+    ]:
+        result = exactness(inexact)
+        assert result.tie_margin == 0 and says in " ".join(result.caveats)
+        assert says in exactness_note(inexact, Sampler(SamplingParams(0)), 2)
+    assert exactness_note(backend(), Sampler(SamplingParams(0)), 2) is None
+    assert exactness_note(backend("int4"), Sampler(SamplingParams(0)), 0) is None
+    assert top2_margin(np.array([1.0, 3.0, 2.5])) == pytest.approx(0.5) and top2_margin(np.array([2.0, 2.0])) == 0
+
+
+def test_tie_guard_replays_on_paged_and_contiguous_caches(bundles) -> None:
+    """An infinite margin distrusts every verified row: all tokens are replayed one per call, output unchanged."""
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.kv_paging import PagingPolicy
+    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    bundle = open_bundle(bundles["mla-fp32"][2])
+    prompt, greedy = list(range(40, 60)), Sampler(SamplingParams(temperature=0))
+    for paging in (None, PagingPolicy(page_len=8, window=0)):
+        plain, _ = generate_ids(OnnxBackend(bundle, create_session(bundle, 1), paging), prompt, 30, greedy, 257)
+        backend = OnnxBackend(bundle, create_session(bundle, 1), paging)
+        fast, stats = generate_ids_speculative(backend, prompt, 30, greedy, 257, 2, tie_margin=float("inf"))
+        assert fast == plain and stats.model_calls >= len(plain)
+
+
+@pytest.mark.slow
+def test_speculative_exactness_script(tmp_path) -> None:
+    script = Path(__file__).parents[1] / "benchmarks" / "speculative_exactness.py"
+    flags = ["--weights", "fp32", "--prompts", "2", "--new-tokens", "16", "--score-docs", "1", "--score-bytes", "64"]
+    subprocess.run([sys.executable, str(script), *flags, "--out", str(tmp_path)], check=True, capture_output=True)
+    row = json.loads((tmp_path / "speculative_exactness.json").read_text())["results"]["fp32"]
+    assert row["speculative"]["identical"] == "3/3" and row["tie_margin"] == FLOAT_TIE_MARGIN
+    assert set(row["scoring"]) == {"1_token_calls", "3_token_calls"}
