@@ -47,27 +47,40 @@ def _int4_qdq(node, x, codes, scales, block, out, prefix):
     return nodes, [weight, scale]
 
 
+def _matmulnbits(x, blob, scales, zeros, k, n, bits, block, out, prefix, accuracy_level):
+    """One com.microsoft.MatMulNBits node over packed codes `blob` [N, K / block, bytes], its initializers."""
+    tensors = [
+        numpy_helper.from_array(blob, prefix + "_qw"),
+        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale"),
+    ]
+    if zeros is not None:
+        tensors.append(numpy_helper.from_array(zeros.reshape(-1), prefix + "_zp"))
+    node = helper.make_node(
+        "MatMulNBits",
+        [x, *(t.name for t in tensors)],
+        [out],
+        name=prefix + ("_mnb" if bits == 4 else "_mnb8"),
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
+        accuracy_level=accuracy_level,
+    )
+    return [node], tensors
+
+
+def _pack_int4(unsigned: np.ndarray, block: int) -> np.ndarray:
+    """uint4 codes [N, K] -> MatMulNBits' blob [N, K / block, block / 2] (low nibble first)."""
+    n, k = unsigned.shape
+    blocks = unsigned.astype(np.uint8).reshape(n, k // block, block)
+    return (blocks[..., 0::2] | (blocks[..., 1::2] << 4)).astype(np.uint8)
+
+
 def _int4_matmulnbits(node, x, codes, scales, block, out, prefix, accuracy_level):
     n, k = codes.shape
-    unsigned = (codes.astype(np.int16) + 8).astype(np.uint8).reshape(n, k // block, block)
-    packed = (unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)).astype(np.uint8)
-    weight = numpy_helper.from_array(packed, prefix + "_qw")
-    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
-    nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            [x, weight.name, scale.name],
-            [out],
-            name=prefix + "_mnb",
-            domain="com.microsoft",
-            K=k,
-            N=n,
-            bits=4,
-            block_size=block,
-            accuracy_level=accuracy_level,
-        )
-    ]
-    return nodes, [weight, scale]
+    blob = _pack_int4((codes.astype(np.int16) + 8), block)
+    return _matmulnbits(x, blob, scales, None, k, n, 4, block, out, prefix, accuracy_level)
 
 
 def _pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -82,52 +95,16 @@ def _int4_matmulnbits_zp(node, x, codes, scales, zeros, block, out, prefix, accu
     """Asymmetric int4 as MatMulNBits with zero points: packed uint4 when every zero point is an integer in
     [0, 15] (asymmetric quantization), else float (a GGUF Q4_1 block: w = d * q + m = d * (q - (-m / d)))."""
     n, k = codes.shape
-    unsigned = codes.astype(np.uint8).reshape(n, k // block, block)
-    packed = (unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)).astype(np.uint8)
     integral = np.array_equal(zeros, np.round(zeros)) and zeros.min() >= 0 and zeros.max() <= 15
     zero_points = _pack_nibbles(zeros.astype(np.uint8)) if integral else zeros.astype(np.float32)
-    weight = numpy_helper.from_array(packed, prefix + "_qw")
-    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
-    zero = numpy_helper.from_array(zero_points.reshape(-1), prefix + "_zp")
-    nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            [x, weight.name, scale.name, zero.name],
-            [out],
-            name=prefix + "_mnb",
-            domain="com.microsoft",
-            K=k,
-            N=n,
-            bits=4,
-            block_size=block,
-            accuracy_level=accuracy_level,
-        )
-    ]
-    return nodes, [weight, scale, zero]
+    return _matmulnbits(x, _pack_int4(codes, block), scales, zero_points, k, n, 4, block, out, prefix, accuracy_level)
 
 
 def _int8_matmulnbits(node, x, codes, scales, block, out, prefix, accuracy_level):
     """Symmetric 8-bit blocks (a GGUF Q8_0 tensor) as MatMulNBits bits=8 (uint8 codes, default zero point 128)."""
     n, k = codes.shape
-    weight = numpy_helper.from_array(
-        (codes.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // block, block), prefix + "_qw"
-    )
-    scale = numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale")
-    nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            [x, weight.name, scale.name],
-            [out],
-            name=prefix + "_mnb8",
-            domain="com.microsoft",
-            K=k,
-            N=n,
-            bits=8,
-            block_size=block,
-            accuracy_level=accuracy_level,
-        )
-    ]
-    return nodes, [weight, scale]
+    blob = (codes.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // block, block)
+    return _matmulnbits(x, blob, scales, None, k, n, 8, block, out, prefix, accuracy_level)
 
 
 def _int8_dynamic(node, x, codes, scales, out, prefix):
