@@ -59,3 +59,74 @@ def test_compare_peers_report_and_plot(tmp_path, capsys):
         assert f"{size} (" in printed and f"{best:.2f}x, {'met' if best >= 1.1 else 'not met'}" in printed
     compare_peers.plot(results, tmp_path / "peers.png")
     assert (tmp_path / "peers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _fake_logits(ids, vocab: int = 11):
+    """Deterministic logits [W, V] that depend on the whole prefix (so window boundaries matter)."""
+    import numpy as np
+
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    prefix = np.cumsum(ids)
+    return np.sin(np.outer(prefix + np.arange(len(ids)), np.arange(1, vocab + 1)) * 0.37)
+
+
+def test_peers_bpb_plan_matches_runtime_scoring():
+    """The peers' windows plan, aggregated per window, gives runtimes/scoring.py's bits per byte."""
+    import numpy as np
+    from omnicoder.runtimes.scoring import bits_per_byte, document_windows
+
+    peers_bpb = _bench_module("peers_bpb")
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(3, 11, n).tolist() for n in (5, 40, 23)]
+    expected = bits_per_byte(lambda ids: np.stack([_fake_logits(r) for r in ids]), docs, 1, 2, 16, n_bytes=200)
+    windows = [
+        {"ids": w.ids, "targets": w.targets, "first": w.first_scored}
+        for doc in docs
+        for w in document_windows([1, *doc], 16, 8)
+    ]
+    got = peers_bpb.score_plan(_fake_logits, {"name": "windows", "windows": windows, "bytes": 200})
+    assert got["tokens"] == expected["tokens"] == sum(len(d) for d in docs)
+    assert abs(got["bits_per_byte"] - expected["bits_per_byte"]) < 1e-9
+
+
+def test_peers_bpb_llama_plan_and_perplexity_parsing():
+    """llama-perplexity's scheme (second half of each chunk) and its output turned into bits per byte."""
+    import math
+
+    peers_bpb = _bench_module("peers_bpb")
+    tokens = [i * 5 % 7 for i in range(1100)]
+    plan = peers_bpb.llama_chunk_plan(tokens, 512, len)
+    assert len(plan["windows"]) == 2 and plan["scored"] == 2 * 255 and plan["bytes"] == 2 * 255
+    second = plan["windows"][1]
+    assert second["ids"] == tokens[512:1023] and second["targets"][second["first"] :] == tokens[512 + 257 : 1024]
+    uniform = peers_bpb.score_plan(lambda ids: [[0.0] * 7] * len(ids), plan)  # uniform over 7 tokens
+    assert abs(uniform["bits_per_byte"] - math.log2(7)) < 1e-9
+    log = "perplexity: calculating perplexity over 2 chunks, n_ctx=512, batch_size=512, n_seq=1\n[1]9.1,[2]7.0,\n"
+    parsed = peers_bpb.parse_perplexity(log + "Final estimate: PPL = 7.0000 +/- 0.12345\n")
+    assert parsed == {"chunks": 2, "n_ctx": 512, "ppl": 7.0, "ppl_err": 0.12345}
+    assert abs(peers_bpb.perplexity_bpb(parsed, 510)["bits_per_byte"] - math.log2(7)) < 1e-9
+    with pytest.raises(ValueError):
+        peers_bpb.parse_perplexity("main: error: failed to load model")
+
+
+def test_peers_bpb_parse_llama_bench_json():
+    """Prefill from the depth-0 prompt test, decode from the generation test after the prompt."""
+    peers_bpb = _bench_module("peers_bpb")
+    rows = [
+        {"n_prompt": 128, "n_gen": 0, "n_depth": 0, "avg_ts": 500.0, "stddev_ts": 5.0},
+        {"n_prompt": 0, "n_gen": 32, "n_depth": 0, "avg_ts": 70.0, "stddev_ts": 1.0},
+        {"n_prompt": 128, "n_gen": 0, "n_depth": 128, "avg_ts": 450.0, "stddev_ts": 5.0},
+        {"n_prompt": 0, "n_gen": 32, "n_depth": 128, "avg_ts": 66.0, "stddev_ts": 1.0},
+    ]
+    got = peers_bpb.parse_llama_bench(json.dumps(rows))
+    assert (got["prefill_tok_s"], got["decode_tok_s"], got["decode_depth"]) == (500.0, 66.0, 128)
+    with pytest.raises(ValueError):
+        peers_bpb.parse_llama_bench("[]")
