@@ -5,7 +5,8 @@
 Core ML predicts only on macOS, but the saved program (protobuf) can be read anywhere. Per function it asserts:
 one `scaled_dot_product_attention` per layer (iOS18; iOS17 decomposes it), the KV states read and written with one
 cache update per layer (state mode), the KV inputs/outputs of the manifest (stream mode), every linear's weight an
-int4 `constexpr_blockwise_shift_scale` with blocks of 32 except the fp16 LM head / retention head (int4 mode), no
+int4 `constexpr_blockwise_shift_scale` with blocks of 32 except the LM head / retention head (int4 mode; a
+quantized LM head may be 8-bit and the embedding's gather may read a constexpr table), no
 constexpr weights at all (fp16 mode), and the user_defined_metadata. Prints the inventory; exits 1 on a violation.
 Reads the protobuf classes shipped in coremltools without importing coremltools itself (which imports torch).
 """
@@ -114,7 +115,7 @@ def _weight_kind(linear, producers: dict, mil_pb2, vocab: int) -> tuple[str, str
         if data is not None and scale is not None:
             k, groups = _dims(data)[-1], _dims(scale)[-1]
             block = k // groups if k and groups else None
-        return ("int4" if dtype == "INT4" else f"constexpr-{dtype.lower()}"), name, block
+        return ("int4" if dtype in ("INT4", "UINT4") else f"constexpr-{dtype.lower()}"), name, block
     if producer.type == "const":
         out = _dims(producer.outputs[0].type.tensorType)
         if out and out[0] == vocab:
@@ -201,8 +202,8 @@ def _check_function(name: str, inv: dict, manifest: dict) -> list[str]:
             bad.append(f"{name}: no int4 linear weights in an int4 program")
         if inv["int4_blocks"] not in ([], [32]):
             bad.append(f"{name}: int4 block sizes {inv['int4_blocks']}, expected 32")
-        if set(inv["constexpr_users"]) - {"linear"}:
-            bad.append(f"{name}: constexpr weights feed {sorted(inv['constexpr_users'])}, not only linear layers")
+        if set(inv["constexpr_users"]) - {"linear", "gather"}:  # gather: a quantized embedding
+            bad.append(f"{name}: constexpr weights feed {sorted(inv['constexpr_users'])}, not only linears/gather")
     elif inv["constexpr_users"]:
         bad.append(f"{name}: constexpr (compressed) weights in an fp16 program")
     if coreml["kv_mode"] == "state":
