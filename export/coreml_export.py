@@ -9,9 +9,12 @@
   multifunction package: `prefill` (no past) and `decode` (the default function), sharing their weights.
 - Attention: the iOS18 MIL `scaled_dot_product_attention`, one per layer (iOS17 decomposes it); MLA through the
   `omnicoder_coreml::mla` custom op (see coreml_ops.py).
-- Weights: fp16; or int4 = the model's own per-block (32) symmetric codes (`omnicoder.quant`, every nn.Linear of
-  the blocks and MTP heads) as `constexpr_blockwise_shift_scale`. Embedding, tied LM head, retention head and MLA's
-  k_up/v_up (einsum weights, not nn.Linear) stay fp16. See docs/coreml.md.
+- Weights: fp16; or int4 = per-block (32) codes as `constexpr_blockwise_shift_scale` (coreml_quant.py): every
+  nn.Linear of the blocks and MTP heads (a `gguf:` file's own Q4_0/Q4_1 blocks, kept), and for a subword vocabulary
+  the LM head and embedding too (a tied pair shares one constexpr; a GGUF's Q8_0 embedding stays 8-bit). Retention
+  head, RoPE tables and MLA's k_up/v_up (einsum weights, not nn.Linear) stay fp16. See docs/coreml.md.
+- KV state: sized by `--max-seq-len` (the context the app chooses; default the model's); the manifest records its
+  bytes (graph.coreml.state_bytes) so an app knows the memory it commits to before loading.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class CoreMLExportOptions:
     max_seq_len: int = 0  # KV capacity in tokens; 0 = the model's context
     page_len: int = DEFAULT_PAGE_LEN
     native_mla: bool = True  # False: decompose omnicoder_coreml::mla with its composite form (the fallback)
+    quantize_head: bool | None = None  # int4: LM head + embedding too; None = only for a vocabulary > 1024
+    transcode: bool = True  # int4 of a gguf: model keeps the file's Q4_0 / Q4_1 / Q8_0 blocks
 
     def validate(self, config: OmniCoderConfig) -> int:
         """Raise OmniCoderError for an impossible combination; return the KV capacity."""
@@ -100,6 +105,7 @@ def user_metadata(config: OmniCoderConfig, options: CoreMLExportOptions, capacit
         "vocab_size": str(config.vocab_size),
         "context_length": str(config.max_seq_len),
         "max_seq_len": str(capacity),
+        "omnicoder.state_bytes": str(state_bytes(config, capacity)) if options.kv == "state" else "0",
         "bos_id": str(config.bos_id),
         "eos_id": str(config.eos_id),
     }
@@ -151,8 +157,6 @@ def export_coreml_bundle(
     from omnicoder.export import coreml_graph
     from omnicoder.export.coreml_graph import PACKAGE
 
-    from omnicoder.quant import quantize_linears
-
     config: OmniCoderConfig = model.config
     capacity = options.validate(config)
     if importlib.util.find_spec("coremltools") is None:
@@ -160,10 +164,12 @@ def export_coreml_bundle(
     started = time.perf_counter()
     parameters = model.num_parameters()
     stages = tqdm(total=4, desc="export coreml", unit="stage")
-    quantized = 0
+    quant = None
     if options.weights == "int4":
+        from omnicoder.export.coreml_quant import quantize_for_coreml
+
         stages.set_postfix_str("quantize int4")
-        quantized = len(quantize_linears(model, "int4"))
+        quant = quantize_for_coreml(model, options.quantize_head, options.transcode)
     stages.update(1)
     stages.set_postfix_str(f"torch.export + ct.convert ({options.kv})")
     if options.kv == "state":
@@ -185,10 +191,12 @@ def export_coreml_bundle(
             "block_size": 32 if options.weights == "int4" else None,
             "kv": "fp16",
             "compute": "fp16",
-            "embedding": "fp16",
-            "lm_head": "fp16 (tied to the embedding)" if config.tie_embeddings else "fp16",
-            "quantized_layers": quantized,
+            "embedding": quant.embedding if quant else "fp16",
+            "lm_head": quant.lm_head if quant else "fp16" + (" (tied to the embedding)" * config.tie_embeddings),
+            "quantized_layers": quant.layers if quant else 0,
         }
+        if quant and quant.file_blocks:
+            precision["file_blocks_kept"] = quant.file_blocks
         graph = {
             "file": PACKAGE,
             "attention_op": "scaled_dot_product_attention" if options.deployment_target == "iOS18" else "decomposed",
@@ -206,6 +214,7 @@ def export_coreml_bundle(
                 "inputs": {p.name: p.inputs for p in programs},
                 "outputs": {p.name: p.outputs for p in programs},
                 "states": default.states,
+                "state_bytes": _state_bytes_section(default.states, config),
                 "mla_attention": _mla_note(config, options),
                 "metadata": user_metadata(config, options, capacity),
             },
@@ -215,6 +224,28 @@ def export_coreml_bundle(
         stages.update(1)
     stages.close()
     return manifest
+
+
+def state_bytes(config: OmniCoderConfig, capacity: int) -> int:
+    """Bytes of the fp16 keyCache + valueCache states for `capacity` tokens (MLA: a 1-element valueCache)."""
+    values = config.kv_value_dim * capacity * config.kv_heads * config.n_layers if config.kv_value_dim else 1
+    return 2 * (config.n_layers * config.kv_heads * capacity * config.kv_key_dim + values)
+
+
+def _state_bytes_section(states: list[dict], config: OmniCoderConfig) -> dict | None:
+    """What the app commits to: bytes per state, in total, and per token of context (fp16)."""
+    if not states:
+        return None
+    sizes = {s["name"]: 2 * _product(s["shape"]) for s in states}
+    per_token = 2 * config.n_layers * config.kv_heads * (config.kv_key_dim + config.kv_value_dim)
+    return {**sizes, "total": sum(sizes.values()), "per_token": per_token}
+
+
+def _product(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _mla_note(config: OmniCoderConfig, options: CoreMLExportOptions) -> str | None:
@@ -241,5 +272,6 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         deployment_target=args.deployment_target,
         max_seq_len=args.max_seq_len,
         page_len=args.page_len,
+        transcode=not getattr(args, "no_transcode", False),
     )
     return export_coreml_bundle(model, tokenizer.to_json(), args.out, options, command=command)

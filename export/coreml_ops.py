@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -53,6 +54,33 @@ def mla_decompositions() -> dict:
     return {torch.ops.omnicoder_coreml.mla.default: mla_composite}
 
 
+@torch.library.custom_op("omnicoder_coreml::quant_embedding", mutates_args=())
+def quant_embedding(
+    ids: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, bits: int
+) -> torch.Tensor:
+    """Rows `ids` of the blockwise-quantized table (codes [V, D], scales [V, D / block]) -> [*ids.shape, D] fp32."""
+    return F.embedding(ids.long(), ops.dequantize(qweight, scales, zero_points))
+
+
+@quant_embedding.register_fake
+def _(ids, qweight, scales, zero_points, bits):
+    return scales.new_empty(*ids.shape, qweight.shape[1])
+
+
+class QuantEmbedding(torch.nn.Module):
+    """An embedding whose table is blockwise-quantized codes (its own, or a tied LM head's very buffers)."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("zero_points", zero_points)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ops.omnicoder_coreml.quant_embedding(ids, self.qweight, self.scales, self.zero_points, self.bits)
+
+
 _LOWERINGS_REGISTERED = False
 
 
@@ -61,8 +89,11 @@ def register_lowerings() -> None:
 
     - `omnicoder_coreml::mla` -> one MIL `scaled_dot_product_attention` (all heads as query rows of the one latent
       KV head; the scale folded into the query, since the MIL op always uses 1/sqrt(E)).
-    - `omnicoder::quant_linear` (`ops.export_mode`) -> `constexpr_blockwise_shift_scale` (the model's own int4 codes
-      and per-block scales, in fp16) feeding `linear`: the codes PyTorch and the other targets use, rounded once.
+    - `omnicoder::quant_linear` / `quant_linear_zp` (`ops.export_mode`) -> `constexpr_blockwise_shift_scale` (the
+      model's own int4/int8 codes and per-block scales in fp16; with zero points: unsigned codes and fp16 offsets,
+      a GGUF Q4_1 block) feeding `linear`: the codes PyTorch and the other targets use, rounded once.
+    - `omnicoder_coreml::quant_embedding` -> `gather` over the same kind of constexpr table; a tied embedding passes
+      the LM head's codes, and the two ops then read one constexpr (the codes are stored once).
     """
     global _LOWERINGS_REGISTERED
     if _LOWERINGS_REGISTERED:
@@ -95,21 +126,53 @@ def register_lowerings() -> None:
             out = _decompose_scaled_dot_product_attention(queries, rows, values, mask, node.name + "_sdpa")
         context.add(mb.reshape(x=out, shape=[b, h, -1, latent], name=node.name))
 
-    def omnicoder_quant_linear(context, node):
-        x, qweight, scales, bits = _get_inputs(context, node, expected=4)
-        if qweight.val is None or scales.val is None:
-            raise ValueError("omnicoder::quant_linear needs constant weights")
-        dtype = {4: types.int4, 8: types.int8}[int(bits.val)]
-        codes = qweight.val.astype(np.int8).astype(types.nptype_from_builtin(dtype))
-        weight = mb.constexpr_blockwise_shift_scale(
-            data=codes, scale=scales.val.astype(np.float16), name=node.name + "_weight"
-        )
+    def blockwise_weight(context, name: str, qweight, scales, zero_points, bits: int):
+        """One constexpr_blockwise_shift_scale per distinct code tensor: a tied LM head and embedding share it."""
+        if qweight.val is None or scales.val is None or (zero_points is not None and zero_points.val is None):
+            raise ValueError(f"{name} needs constant quantized weights")
+        key = hashlib.sha1(qweight.val.tobytes() + scales.val.tobytes()).hexdigest()
+        made = context.__dict__.setdefault("_omnicoder_constexpr", {})
+        if key not in made:
+            signed = zero_points is None  # symmetric: signed codes; with zero points: unsigned codes, fp16 offsets
+            dtype = {(4, True): types.int4, (8, True): types.int8, (4, False): types.uint4, (8, False): types.uint8}
+            np_dtype = types.nptype_from_builtin(dtype[bits, signed])
+            codes = qweight.val.astype(np.int16).astype(np_dtype)
+            extra = {} if signed else {"offset": zero_points.val.astype(np.float16)}
+            made[key] = mb.constexpr_blockwise_shift_scale(
+                data=codes, scale=scales.val.astype(np.float16), name=name + "_weight", **extra
+            )
+        return made[key]
+
+    def quant_linear(context, node, x, qweight, scales, zero_points, bits):
+        weight = blockwise_weight(context, node.name, qweight, scales, zero_points, int(bits.val))
         if x.dtype != types.fp16:
             x = mb.cast(x=x, dtype="fp16")
         context.add(mb.cast(x=mb.linear(x=x, weight=weight), dtype="fp32", name=node.name))
 
+    def omnicoder_quant_linear(context, node):
+        x, qweight, scales, bits = _get_inputs(context, node, expected=4)
+        quant_linear(context, node, x, qweight, scales, None, bits)
+
+    def omnicoder_quant_linear_zp(context, node):
+        x, qweight, scales, zero_points, bits = _get_inputs(context, node, expected=5)
+        quant_linear(context, node, x, qweight, scales, zero_points, bits)
+
+    def omnicoder_coreml_quant_embedding(context, node):
+        ids, qweight, scales, zero_points, bits = _get_inputs(context, node, expected=5)
+        table = blockwise_weight(context, node.name, qweight, scales, zero_points, int(bits.val))
+        if ids.dtype != types.int32:
+            ids = mb.cast(x=ids, dtype="int32")
+        context.add(mb.cast(x=mb.gather(x=table, indices=ids, axis=0), dtype="fp32", name=node.name))
+
     register_torch_op(omnicoder_coreml_mla, torch_alias=["omnicoder_coreml::mla", "omnicoder_coreml.mla"])
     register_torch_op(omnicoder_quant_linear, torch_alias=["omnicoder::quant_linear", "omnicoder.quant_linear"])
+    register_torch_op(
+        omnicoder_quant_linear_zp, torch_alias=["omnicoder::quant_linear_zp", "omnicoder.quant_linear_zp"]
+    )
+    register_torch_op(
+        omnicoder_coreml_quant_embedding,
+        torch_alias=["omnicoder_coreml::quant_embedding", "omnicoder_coreml.quant_embedding"],
+    )
     _LOWERINGS_REGISTERED = True
 
 

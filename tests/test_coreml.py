@@ -151,6 +151,8 @@ def coreml_bundle(tmp_path_factory):
         key = (name, kv, weights, tuple(sorted(extra.items())))
         if key not in made:
             model = tiny(name)  # int4 quantizes it in place: it then is the reference the bundle must match
+            if extra.pop("gguf_blocks", False):
+                model.gguf_blocks = fake_gguf_blocks(model)
             out = root / "-".join([name, kv, weights, *map(str, extra.values())])
             options = CoreMLExportOptions(weights=weights, kv=kv, max_seq_len=CAPACITY, **extra)
             export_coreml_bundle(model, ByteTokenizer().to_json(), out, options)
@@ -158,6 +160,23 @@ def coreml_bundle(tmp_path_factory):
         return made[key]
 
     return make
+
+
+def fake_gguf_blocks(model: OmniCoder) -> dict:
+    """What a GGUF file holds for some of the model's weights (Q4_1, Q4_0, and a Q8_0 tied embedding), as gguf:
+    import records them (model.gguf_blocks), so an int4 export keeps the file's codes."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install omnicoder[hf])")
+    kinds = gguf.GGMLQuantizationType
+
+    def raw(weight: torch.Tensor, kind):
+        return gguf.quants.quantize(weight.detach().numpy().astype(np.float32), kind)
+
+    layer = model.layers[0]
+    return {
+        "model.layers.0.self_attn.q_proj.weight": ("q4_1", raw(layer.attn.q_proj.weight, kinds.Q4_1)),
+        "model.layers.0.mlp.down_proj.weight": ("q4_0", raw(layer.mlp.down_proj.weight, kinds.Q4_0)),
+        "model.embed_tokens.weight": ("q8_0", raw(model.embed.weight, kinds.Q8_0)),
+    }
 
 
 def assert_inventory(report: dict, model: OmniCoder, kv: str, weights: str):
@@ -217,6 +236,70 @@ def test_int4_codes_are_the_models_own(coreml_bundle):
     for module in layers.values():
         scales = saved[module.qweight.numpy().tobytes()]
         assert np.array_equal(scales, module.scales.numpy().astype(np.float16))
+
+
+def _program(path):
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    mlmodel = ct.models.MLModel(str(path / "model.mlpackage"), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    return load(spec, spec.specificationVersion, file_weights_dir=mlmodel.weights_dir).functions["main"]
+
+
+def test_int4_quantizes_the_tied_head_and_embedding_with_the_files_blocks(coreml_bundle):
+    """A subword-vocabulary export (here forced on a tiny model) quantizes the LM head, and the tied embedding
+    gathers rows of the very same constexpr; a gguf: model keeps its file's Q8_0 / Q4_1 / Q4_0 codes."""
+    from omnicoder.export.coreml_ops import QuantEmbedding
+
+    from omnicoder.quant import QuantLinear
+
+    model, path = coreml_bundle("test-gqa", "state", "int4", quantize_head=True, gguf_blocks=True)
+    manifest = open_bundle(path).manifest
+    precision = manifest["precision"]
+    assert precision["lm_head"] == "int8, blocks of 32 (the GGUF file's own blocks)"
+    assert "the LM head's codes" in precision["embedding"] and precision["file_blocks_kept"] == 3
+    head, embed = model.lm_head, model.embed
+    assert isinstance(head, QuantLinear) and isinstance(embed, QuantEmbedding) and embed.qweight is head.qweight
+    report = check_coreml_bundle(path)
+    assert report["passed"], report["violations"]
+    inv = report["functions"]["main"]
+    assert inv["constexpr_users"] == {"gather": 1, "linear": 7 * model.config.n_layers + 1}
+    assert inv["linears"] == {"int4": 7 * model.config.n_layers, "constexpr-int8": 1}
+    main = _program(path)
+    gathers = main.find_ops(op_type="gather")  # the others read the fp16 RoPE tables
+    (table,) = [g.x.op for g in gathers if g.x.op.op_type == "constexpr_blockwise_shift_scale"]
+    assert table.data.val.shape == head.qweight.shape
+    assert any(op.weight.op is table for op in main.find_ops(op_type="linear"))  # one constexpr, two readers
+    assert np.array_equal(table.data.val.astype(np.int8), head.qweight.numpy())
+    q_proj = model.layers[0].attn.q_proj  # Q4_1: unsigned codes, the float zero point as an fp16 offset
+    offsets = [op for op in main.find_ops(op_type="constexpr_blockwise_shift_scale") if op.offset is not None]
+    (kept,) = [op for op in offsets if np.array_equal(op.data.val.astype(np.int8), q_proj.qweight.numpy())]
+    assert np.array_equal(kept.offset.val, q_proj.zero_points.numpy().astype(np.float16))
+
+
+def test_state_bytes_follow_max_seq_len(coreml_bundle):
+    """The app-chosen context (--max-seq-len) sizes the KV states; the manifest and metadata say how many bytes."""
+    from omnicoder.export.coreml_export import state_bytes
+
+    model, path = coreml_bundle("test-gqa", "state", "int4", quantize_head=True, gguf_blocks=True)
+    coreml = open_bundle(path).manifest["graph"]["coreml"]
+    c = model.config
+    shape = [c.n_layers, 1, c.kv_heads, CAPACITY, c.kv_key_dim]
+    assert [s["shape"] for s in coreml["states"]] == [shape, shape]
+    sizes = coreml["state_bytes"]
+    assert sizes["total"] == sizes["keyCache"] + sizes["valueCache"] == 2 * 2 * np.prod(shape)
+    assert sizes["per_token"] * CAPACITY == sizes["total"] == state_bytes(c, CAPACITY)
+    assert coreml["metadata"]["omnicoder.state_bytes"] == str(sizes["total"])
+    assert state_bytes(c, 4 * CAPACITY) == 4 * sizes["total"]
+    assert state_bytes(preset("test-mla"), CAPACITY) == 2 * (2 * 1 * CAPACITY * 40 + 1)  # MLA: latent rows only
+
+
+def test_head_policy_follows_the_vocabulary():
+    from omnicoder.export.coreml_quant import head_quantized
+
+    assert head_quantized(49152, None) and not head_quantized(258, None)
+    assert head_quantized(258, True) and not head_quantized(49152, False)
 
 
 def test_checker_catches_a_lying_manifest(coreml_bundle, tmp_path, capsys):
