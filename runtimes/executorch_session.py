@@ -39,8 +39,8 @@ def load_method(bundle: Bundle, threads: int = 0, method: str = "forward"):
     executorch_section(bundle)
     try:
         from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401  (registers llama:: kernels)
-        from executorch.kernels import quantized  # noqa: F401  (quantized_decomposed:: kernels: quantized embeddings)
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.kernels import quantized  # noqa: F401  (quantized_decomposed:: kernels: quantized embeddings)
         from executorch.runtime import Runtime
     except ImportError as exc:
         raise OmniCoderError(
