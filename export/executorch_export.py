@@ -1,7 +1,10 @@
 """`omnicoder-export --target executorch`: model -> torch.export -> XNNPACK-lowered .pte -> bundle directory.
 
 Weights: fp32, or 8da4w (torchao: int8 dynamic activations, int4 weights in groups of 32; every nn.Linear of the
-decoder blocks and MTP heads; embedding and tied LM head stay fp32), delegated to XNNPACK.
+decoder blocks and MTP heads), delegated to XNNPACK. For a subword vocabulary (> 1024) 8da4w also takes the LM head
+(a tied one gets its own quantized copy: XNNPACK's packed weights cannot be shared with a lookup table) and the
+embedding, int8 (or int4) weight-only in groups of 32, which ExecuTorch's quant fusion turns into
+`quantized_decomposed::embedding_byte` / `embedding_4bit` (the runtime needs `executorch.kernels.quantized`).
 KV: `buffer` (default; the cache lives in the program as mutable buffers, ExecuTorch's LLM convention, with
 `llama::update_cache` + `llama::custom_sdpa`) or `io` (explicit past/present KV tensors like the ONNX graph).
 The program also has the metadata methods ExecuTorch's LLM runners read (get_max_seq_len, get_vocab_size,
@@ -44,14 +47,23 @@ class ExecuTorchExportOptions:
     page_len: int = DEFAULT_PAGE_LEN
     qparams: str = "affine"  # torchao's intx_choose_qparams_algorithm for 8da4w: affine | hqq_scale_only
     delegate_norms: bool = True  # RMSNorm as XNNPACK-delegable ops (executorch_program.DelegatedRMSNorm)
-    quantize_lm_head: bool | None = None  # 8da4w LM head; None: only an untied head over a vocab > 1024
+    quantize_lm_head: bool | None = None  # 8da4w LM head; None: only over a vocab > 1024 (tied or not)
+    quantize_embedding: bool | None = None  # 8da4w: weight-only embedding; None: only over a vocab > 1024
+    embedding_bits: int = 8  # 8 (embedding_byte) or 4 (embedding_4bit), groups of 32
 
     def lm_head_quantized(self, config: OmniCoderConfig) -> bool:
-        """A tied LM head is the embedding table and stays fp32; an untied one over a subword vocabulary is the
-        largest single weight read per token, so 8da4w takes it by default (as ExecuTorch's own llama export)."""
-        if self.weights != "8da4w" or config.tie_embeddings:
+        """Over a subword vocabulary the LM head is the largest single weight read per token, so 8da4w takes it by
+        default (as ExecuTorch's own llama export); a tied head is untied into its own quantized copy."""
+        if self.weights != "8da4w" or config.d_model % GROUP_SIZE:
             return False
         return self.quantize_lm_head if self.quantize_lm_head is not None else config.vocab_size > LM_HEAD_VOCAB
+
+    def embedding_quantized(self, config: OmniCoderConfig) -> bool:
+        """Weight-only embedding (groups of 32) with 8da4w over a subword vocabulary; byte vocabularies keep fp32."""
+        if self.weights != "8da4w" or config.d_model % GROUP_SIZE:
+            return False
+        wanted = self.quantize_embedding
+        return wanted if wanted is not None else config.vocab_size > LM_HEAD_VOCAB
 
     def validate(self, config: OmniCoderConfig) -> ExecuTorchExportOptions:
         from omnicoder.export.executorch_program import ATTENTION_MODES
@@ -67,6 +79,8 @@ class ExecuTorchExportOptions:
         self.max_seq_len = self.max_seq_len or config.max_seq_len
         if self.max_seq_len < 2:
             raise OmniCoderError(f"--max-seq-len {self.max_seq_len} is too small; use at least 2 (e.g. 512)")
+        if self.embedding_bits not in (4, 8):
+            raise OmniCoderError(f"embedding bits {self.embedding_bits} is unsupported; use 8 or 4")
         return self
 
 
@@ -92,6 +106,26 @@ def quantize_8da4w(model, qparams: str = "affine", lm_head: bool = False) -> int
     with torch.no_grad():
         quantize_(model, config, filter_fn=wanted)
     return count
+
+
+def quantize_embedding(model, bits: int) -> None:
+    """torchao weight-only int8/int4 (groups of 32) on the embedding, in place. A tied LM head keeps its own
+    weight (quantize_ gives the embedding a new parameter), so call this after or before quantize_8da4w alike."""
+    import torch
+    from torch import nn
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    dtype = torch.int8 if bits == 8 else torch.int4
+    config = IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerGroup(GROUP_SIZE))
+    with torch.no_grad():
+        quantize_(model, config, filter_fn=lambda module, fqn: fqn == "embed" and isinstance(module, nn.Embedding))
+
+
+def kv_buffer_bytes(config: OmniCoderConfig, capacity: int) -> dict:
+    """fp32 bytes of the in-program KV buffers for `capacity` tokens: in total and per token of context."""
+    per_token = 4 * config.n_layers * config.kv_heads * (config.kv_key_dim + config.kv_value_dim)
+    return {"total": per_token * capacity, "per_token": per_token}
 
 
 def metadata_methods(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> dict:
@@ -176,8 +210,9 @@ def delegation_summary(graph_module) -> dict:
     }
 
 
-def lower_to_pte(program, metadata: dict, init_buffers: list[str]) -> tuple[bytes, dict]:
-    """XNNPACK partition + lowering + ExecuTorch emission; returns (.pte bytes, delegation summary)."""
+def lower_to_pte(program, metadata: dict, init_buffers: list[str], quant_fusion: bool = False) -> tuple[bytes, dict]:
+    """XNNPACK partition + lowering + ExecuTorch emission; returns (.pte bytes, delegation summary).
+    `quant_fusion`: fuse dequantize + embedding into quantized_decomposed::embedding_* (a quantized embedding)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -190,13 +225,41 @@ def lower_to_pte(program, metadata: dict, init_buffers: list[str]) -> tuple[byte
     )
     summary = delegation_summary(edge.exported_program().graph_module)
     passes = [InitializedMutableBufferPass(init_buffers)] if init_buffers else []
-    return edge.to_executorch(ExecutorchBackendConfig(passes=passes)).buffer, summary
+    backend = ExecutorchBackendConfig(passes=passes, do_quant_fusion_and_const_prop=quant_fusion)
+    program = edge.to_executorch(backend)
+    if quant_fusion:
+        summary = _with_fused_ops(summary, program.exported_program().graph_module)
+    return program.buffer, summary
+
+
+def _with_fused_ops(summary: dict, graph_module) -> dict:
+    """The summary (taken before emission) with the quant fusion's result: each fused quantized_decomposed op
+    replaces a torchao dequantize_affine + aten op pair it was made of."""
+    fused = Counter(
+        _op_name(n).rsplit(".", 1)[0] + ".default"
+        for n in graph_module.graph.nodes
+        if n.op == "call_function" and _op_name(n).startswith("quantized_decomposed.")
+    )
+    ops = Counter(summary["non_delegated_ops"])
+    for name, count in fused.items():
+        replaced = "aten.embedding.default" if ".embedding" in name else None
+        ops.subtract({"torchao.dequantize_affine.default": count, **({replaced: count} if replaced else {})})
+        ops[name] += count
+    ops = {k: v for k, v in sorted(ops.items()) if v > 0}
+    return {**summary, "non_delegated_nodes": sum(ops.values()), "non_delegated_ops": ops}
 
 
 def _lm_head_precision(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> str:
     if options.lm_head_quantized(config):
-        return "8da4w (int4 group 32, untied)"
+        return "8da4w (int4 group 32" + (", an untied copy of the embedding)" if config.tie_embeddings else ")")
     return "fp32 (tied to the embedding)" if config.tie_embeddings else "fp32"
+
+
+def _embedding_precision(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> str:
+    if not options.embedding_quantized(config):
+        return "fp32"
+    op = "embedding_byte" if options.embedding_bits == 8 else "embedding_4bit"
+    return f"int{options.embedding_bits} weight-only, group {GROUP_SIZE} (quantized_decomposed::{op})"
 
 
 def _program_io(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> tuple[list[dict], list[dict]]:
@@ -259,6 +322,8 @@ def _graph_section(config, options, summary, buffers, methods) -> dict:
             "names": buffers,
             "capacity": options.max_seq_len,
             "initialized": "zeros (InitializedMutableBufferPass)",
+            "dtype": "float32",
+            "bytes": kv_buffer_bytes(config, options.max_seq_len),
         }
     fused = options.attention == "fused"
     return {
@@ -293,6 +358,8 @@ def export_executorch_bundle(
     if options.weights == "8da4w":
         stages.set_postfix_str("quantize 8da4w (torchao)")
         quantized = quantize_8da4w(model, options.qparams, options.lm_head_quantized(config))
+        if options.embedding_quantized(config):
+            quantize_embedding(model, options.embedding_bits)
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -303,7 +370,8 @@ def export_executorch_bundle(
         stages.update(1)
         stages.set_postfix_str("XNNPACK lowering + .pte emission")
         methods = metadata_methods(config, options)
-        pte, summary = lower_to_pte(program, methods, ["k_cache", "v_cache"] if buffers else [])
+        init = ["k_cache", "v_cache"] if buffers else []
+        pte, summary = lower_to_pte(program, methods, init, options.embedding_quantized(config))
         (tmp / PROGRAM_FILE).write_bytes(pte)
         stages.update(1)
         stages.set_postfix_str("write bundle")
@@ -313,7 +381,7 @@ def export_executorch_bundle(
             "block_size": GROUP_SIZE if options.weights == "8da4w" else None,
             "activations": "int8 dynamic (per token)" if options.weights == "8da4w" else "fp32",
             "kv": "fp32",
-            "embedding": "fp32",
+            "embedding": _embedding_precision(config, options),
             "lm_head": _lm_head_precision(config, options),
             "quantized_layers": quantized,
         }

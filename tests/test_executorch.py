@@ -54,6 +54,10 @@ VARIANTS = {  # name -> (model maker, export options; "cli": argv for omnicoder-
     "mla-io": (_tiny("test-mla"), {"kv": "io"}),
     "gqa-window-buffer": (_tiny("test-gqa", window=8), {}),
     "gqa-buffer-reference": (_tiny("test-gqa"), {"attention": "reference"}),
+    "gqa-8da4w-head-embedding": (  # what a subword vocabulary (> 1024) gets by default, forced on a tiny model
+        _tiny("test-gqa"),
+        {"weights": "8da4w", "max_seq_len": 40, "quantize_lm_head": True, "quantize_embedding": True},
+    ),
 }
 
 
@@ -145,6 +149,8 @@ def test_manifest_and_runner_metadata_methods(et_bundle):
     assert section["non_delegated_ops"]["llama.custom_sdpa.default"] == c.n_layers
     assert section["non_delegated_ops"]["llama.update_cache.default"] == 2 * c.n_layers
     assert "kv_paging" in bundle.manifest["sidecars"]
+    per_token = 4 * c.n_layers * c.kv_heads * (c.kv_key_dim + c.kv_value_dim)  # fp32 K and V rows, every layer
+    assert section["kv_buffers"]["bytes"] == {"total": 96 * per_token, "per_token": per_token}
     expected = {
         "get_max_seq_len": 96,
         "get_max_context_len": 96,
@@ -229,7 +235,71 @@ def test_8da4w_lm_head_policy():
     assert ExecuTorchExportOptions(weights="8da4w", quantize_lm_head=True).lm_head_quantized(small_untied)
 
 
+def test_quantized_embedding_lowers_to_embedding_byte_and_runs(tmp_path):
+    """torchao's weight-only int8 embedding (groups of 32) + quant fusion = quantized_decomposed::embedding_byte,
+    which the runtime's quantized kernels run; the rows equal the dequantized table's."""
+    from executorch.runtime import Runtime
+    from omnicoder.export.executorch_export import lower_to_pte, quantize_embedding
+
+    class Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(300, 64)
+
+        def forward(self, ids):
+            return self.embed(ids) * 2.0
+
+    torch.manual_seed(0)
+    module = Lookup().eval()
+    quantize_embedding(module, 8)
+    ids = torch.tensor([[1, 7, 299]])
+    program = torch.export.export(module, (ids,), strict=False)
+    pte, summary = lower_to_pte(program, {}, [], quant_fusion=True)
+    assert summary["non_delegated_ops"].get("quantized_decomposed.embedding_byte.default") == 1
+    assert "torchao.dequantize_affine.default" not in summary["non_delegated_ops"]
+    assert len(pte) < 300 * 64 * 2  # int8 codes + group scales, not fp32 (76.8 KB)
+    (tmp_path / "m.pte").write_bytes(pte)
+    from executorch.kernels import quantized  # noqa: F401
+
+    got = Runtime.get().load_program(str(tmp_path / "m.pte")).load_method("forward").execute([ids])[0]
+    with torch.no_grad():
+        want = module(ids)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_embedding_policy_follows_the_vocabulary():
+    tied = preset("test-gqa")
+    subword = OmniCoderConfig.from_dict({**tied.to_dict(), "vocab_size": 4096})
+    q = ExecuTorchExportOptions(weights="8da4w")
+    assert q.embedding_quantized(subword) and q.lm_head_quantized(subword)  # tied: an untied quantized copy
+    assert not q.embedding_quantized(tied) and not ExecuTorchExportOptions().embedding_quantized(subword)
+    with pytest.raises(OmniCoderError, match="embedding bits 3"):
+        ExecuTorchExportOptions(embedding_bits=3).validate(tied)
+
+
 # ---- slow: the default model, both attention kinds in both KV modes, sliding window, 8da4w ----------------
+
+
+@pytest.mark.slow
+def test_8da4w_head_and_embedding_program(et_bundle):
+    """8da4w with the LM head and embedding quantized: the program runs what the quantized PyTorch model does,
+    the KV buffers follow --max-seq-len, and the tied fp32 table has left the .pte."""
+    _, path = et_bundle("gqa-8da4w-head-embedding")
+    bundle = open_bundle(path)
+    precision, section = bundle.manifest["precision"], bundle.graph["executorch"]
+    assert precision["embedding"].startswith("int8 weight-only") and "untied copy" in precision["lm_head"]
+    assert section["non_delegated_ops"]["quantized_decomposed.embedding_byte.default"] == 1
+    assert "aten.embedding.default" not in section["non_delegated_ops"]
+    assert section["max_seq_len"] == 40 and section["kv_buffers"]["bytes"]["total"] == 40 * 512
+    from omnicoder.export.executorch_export import quantize_8da4w, quantize_embedding
+
+    model, _ = VARIANTS["gqa-8da4w-head-embedding"][0]()
+    quantize_8da4w(model, lm_head=True)  # the export's own quantization of the same weights: the same codes
+    quantize_embedding(model, 8)
+    got = step_logits(create_backend(bundle), TOKENS, 9)
+    want = torch_logits(model, TOKENS)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
 @pytest.mark.slow
