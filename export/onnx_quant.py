@@ -5,8 +5,8 @@ Forms (the codes and scales come from `omnicoder.quant`, so every form computes 
 - int4 "qdq": an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=32) -> MatMul. Standard
   ONNX (opset >= 21); onnxruntime fuses it into MatMulNBits at optimization level EXTENDED or ALL.
 - int4 "matmulnbits": com.microsoft.MatMulNBits directly (uint4 codes with the default zero point 8).
-- asymmetric int4 (zero points): MatMulNBits with packed uint4 zero points (integers) or float ones (a GGUF Q4_1
-  block); 8-bit blocks (a GGUF Q8_0 tensor): MatMulNBits bits=8.
+- asymmetric int4 (zero points): MatMulNBits with packed uint4 zero points (integers), or for float ones (a GGUF
+  Q4_1 block) MatMulNBits plus a per-block offset term; 8-bit blocks (a GGUF Q8_0 tensor): MatMulNBits bits=8.
 - int8 "dynamic": DynamicQuantizeLinear(x) -> MatMulInteger(u8 x s8) -> Cast -> Mul(x_scale * w_scale);
   onnxruntime fuses it into DynamicQuantizeMatMul (for providers with no int4 kernels).
 """
@@ -47,17 +47,30 @@ def _int4_qdq(node, x, codes, scales, block, out, prefix):
     return nodes, [weight, scale]
 
 
+def _fp16_exact(values: np.ndarray) -> bool:
+    """True when every value is a float16 number (a GGUF block's scale or minimum): it can be stored in half."""
+    return bool(np.array_equal(values.astype(np.float16).astype(np.float32), values))
+
+
+def _float_input(values: np.ndarray, name: str) -> tuple[list, list]:
+    """A float32 graph value `name`: stored as float16 + Cast when that is lossless (onnxruntime folds the Cast
+    when it loads the session, before MatMulNBits packs its inputs), else as a float32 initializer."""
+    values = values.astype(np.float32)
+    if not _fp16_exact(values):
+        return [], [numpy_helper.from_array(values, name)]
+    half = numpy_helper.from_array(values.astype(np.float16), name + "_fp16")
+    return [helper.make_node("Cast", [half.name], [name], name=name + "_to_fp32", to=TensorProto.FLOAT)], [half]
+
+
 def _matmulnbits(x, blob, scales, zeros, k, n, bits, block, out, prefix, accuracy_level):
     """One com.microsoft.MatMulNBits node over packed codes `blob` [N, K / block, bytes], its initializers."""
-    tensors = [
-        numpy_helper.from_array(blob, prefix + "_qw"),
-        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), prefix + "_scale"),
-    ]
+    scale_nodes, tensors = _float_input(scales.reshape(-1), prefix + "_scale")
+    tensors.insert(0, numpy_helper.from_array(blob, prefix + "_qw"))
     if zeros is not None:
         tensors.append(numpy_helper.from_array(zeros.reshape(-1), prefix + "_zp"))
     node = helper.make_node(
         "MatMulNBits",
-        [x, *(t.name for t in tensors)],
+        [x, prefix + "_qw", prefix + "_scale", *([prefix + "_zp"] if zeros is not None else [])],
         [out],
         name=prefix + ("_mnb" if bits == 4 else "_mnb8"),
         domain="com.microsoft",
@@ -67,7 +80,7 @@ def _matmulnbits(x, blob, scales, zeros, k, n, bits, block, out, prefix, accurac
         block_size=block,
         accuracy_level=accuracy_level,
     )
-    return [node], tensors
+    return [*scale_nodes, node], tensors
 
 
 def _pack_int4(unsigned: np.ndarray, block: int) -> np.ndarray:
@@ -91,12 +104,50 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
-def _int4_matmulnbits_zp(node, x, codes, scales, zeros, block, out, prefix, accuracy_level):
-    """Asymmetric int4 as MatMulNBits with zero points: packed uint4 when every zero point is an integer in
-    [0, 15] (asymmetric quantization), else float (a GGUF Q4_1 block: w = d * q + m = d * (q - (-m / d)))."""
+def _block_sums(k: int, block: int) -> onnx.TensorProto:
+    """E [K, K / block] with E[i, i // block] = 1: x @ E sums each block of x (shared by layers of one K)."""
+    ones = np.zeros((k, k // block), np.float32)
+    ones[np.arange(k), np.arange(k) // block] = 1.0
+    return numpy_helper.from_array(ones, f"block_sums_{k}_{block}")
+
+
+def _int4_matmulnbits_offsets(x, codes, scales, zeros, block, out, prefix, accuracy_level):
+    """w = d * (q - z) with float z (a GGUF Q4_1 block, z = -m / d) as the fast form of MatMulNBits plus a
+    per-block offset: x @ w.T = MatMulNBits(x, q, d) [zero point 8] + (x @ E) @ (m + 8 d).T, where m = -d z and
+    x @ E sums x over each block. onnxruntime's MatMulNBits has no fast kernel for float zero points (about 50x
+    slower at one token here, docs/benchmarks.md); this form keeps the file's exact grid at the speed of Q4_0.
+    The file's half-precision d and m are stored as such; m + 8 d is folded by onnxruntime at load."""
     n, k = codes.shape
-    integral = np.array_equal(zeros, np.round(zeros)) and zeros.min() >= 0 and zeros.max() <= 15
-    zero_points = _pack_nibbles(zeros.astype(np.uint8)) if integral else zeros.astype(np.float32)
+    nodes, tensors = _matmulnbits(
+        x, _pack_int4(codes, block), scales, None, k, n, 4, block, prefix + "_q", prefix, accuracy_level
+    )
+    minimum = -scales * zeros
+    if _fp16_exact(scales) and _fp16_exact(minimum.astype(np.float16).astype(np.float32)):
+        minimum = minimum.astype(np.float16).astype(np.float32)  # the file's own m (d z rounds to within an ulp)
+    min_nodes, min_tensors = _float_input(np.ascontiguousarray(minimum.T), prefix + "_min")
+    shape = numpy_helper.from_array(np.array(scales.shape, np.int64), prefix + "_scale_shape")
+    sums = _block_sums(k, block)
+    eight = numpy_helper.from_array(np.array(8.0, np.float32), "offset_eight")
+    nodes += [
+        *min_nodes,
+        helper.make_node("Reshape", [prefix + "_scale", shape.name], [prefix + "_d"], name=prefix + "_d"),
+        helper.make_node("Transpose", [prefix + "_d"], [prefix + "_dT"], name=prefix + "_dT", perm=[1, 0]),
+        helper.make_node("Mul", [prefix + "_dT", eight.name], [prefix + "_8d"], name=prefix + "_8d"),
+        helper.make_node("Add", [prefix + "_min", prefix + "_8d"], [prefix + "_offsets"], name=prefix + "_offsets"),
+        helper.make_node("MatMul", [x, sums.name], [prefix + "_bsum"], name=prefix + "_bsum"),
+        helper.make_node("MatMul", [prefix + "_bsum", prefix + "_offsets"], [prefix + "_off"], name=prefix + "_off"),
+        helper.make_node("Add", [prefix + "_q", prefix + "_off"], [out], name=prefix + "_add"),
+    ]
+    return nodes, [*tensors, *min_tensors, shape, sums, eight]
+
+
+def _int4_matmulnbits_zp(node, x, codes, scales, zeros, block, out, prefix, accuracy_level):
+    """Asymmetric int4: MatMulNBits with packed uint4 zero points when every zero point is an integer in
+    [0, 15] (asymmetric quantization), else the offset form above (a GGUF Q4_1 block: w = d * q + m)."""
+    n, k = codes.shape
+    if not (np.array_equal(zeros, np.round(zeros)) and zeros.min() >= 0 and zeros.max() <= 15):
+        return _int4_matmulnbits_offsets(x, codes, scales, zeros, block, out, prefix, accuracy_level)
+    zero_points = _pack_nibbles(zeros.astype(np.uint8))
     return _matmulnbits(x, _pack_int4(codes, block), scales, zero_points, k, n, 4, block, out, prefix, accuracy_level)
 
 
@@ -132,7 +183,7 @@ def lower_quant_linears(
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     uses = _consumers(graph)
-    new_nodes, new_inits, dropped = [], [], set()
+    new_nodes, new_inits, dropped, new_names = [], [], set(), set()
     count = 0
     for node in graph.node:
         if not (node.domain == "omnicoder" and node.op_type == "QuantLinear"):
@@ -159,7 +210,8 @@ def lower_quant_linears(
         else:
             nodes, tensors = _int8_dynamic(node, x, codes, scales, node.output[0], prefix)
         new_nodes.extend(nodes)
-        new_inits.extend(tensors)
+        new_inits.extend(t for t in tensors if t.name not in new_names)  # block sums are shared by name
+        new_names.update(t.name for t in tensors)
         for name in (w_name, s_name, *([z_name] if z_name else [])):
             uses[name] -= 1
             if uses[name] == 0:
