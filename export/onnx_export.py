@@ -24,6 +24,7 @@ from omnicoder.export.genai_config import write_genai_config
 from omnicoder.export.onnx_embedding import share_head_codes
 from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears, shared_buffer_attention
 from omnicoder.export.onnx_graph import export_decode_graph, kv_names
+from omnicoder.export.onnx_logits import LOGITS_TO_KEEP, add_logits_to_keep
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
 from tqdm import tqdm
@@ -38,7 +39,10 @@ WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
 # int4/int8 quantize it too (a tied embedding then gathers rows of its codes). Byte vocabularies keep it fp32.
 QUANTIZED_HEAD_MIN_VOCAB = 1024
 KV_IO = ("present", "shared")
-EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # protobuf files cannot pass 2 GB
+# Weights above this go to model.onnx.data: onnxruntime then maps them from the file instead of parsing a copy
+# inside the protobuf (SmolLM2-135M int4: 26 MiB less resident memory, docs/benchmarks.md); small graphs stay
+# one file. Protobuf files cannot pass 2 GB either.
+EXTERNAL_DATA_THRESHOLD = 32 * 1024 * 1024
 
 
 @dataclass
@@ -213,6 +217,7 @@ def export_onnx_bundle(
                 raise OmniCoderError("--kv-io shared could not rewrite every attention layer; use --kv-io present")
         if options.weights == "fp16":
             store_weights_fp16(proto)
+        keeps_logits = add_logits_to_keep(proto)
         _name_dims(proto, config, spec)
         for key, value in _metadata_props(config, options).items():
             proto.metadata_props.add(key=key, value=value)
@@ -220,9 +225,10 @@ def export_onnx_bundle(
         stages.set_postfix_str("write bundle")
         big = sum(len(t.raw_data) for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
+        inputs = _tensor_specs(i for i in proto.graph.input if i.name != LOGITS_TO_KEEP)
         sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len, spec)
         genai_notes = write_genai_config(
-            tmp, config, _tensor_specs(proto.graph.input), sidecars, tokenizer_json, options.kv_io == "shared"
+            tmp, config, inputs, sidecars, tokenizer_json, options.kv_io == "shared"
         )
         stages.update(1)
         gqa = options.attention == "ort-gqa" or options.kv_io == "shared"
@@ -242,11 +248,12 @@ def export_onnx_bundle(
             "file": "model.onnx",
             "opset": options.opset,
             "attention_op": attention_op,
-            "inputs": _tensor_specs(proto.graph.input),
+            "inputs": inputs,
             "outputs": _tensor_specs(proto.graph.output),
             "kv": _kv_contract(config, spec, options.query_outputs, options.kv_io),
             "constraints": graph_constraints(options) + genai_notes,
             "fusions": fusions,
+            **({"logits_to_keep": LOGITS_TO_KEEP} if keeps_logits else {}),
         }
         manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
         manifest = finalize_bundle(tmp, manifest)
