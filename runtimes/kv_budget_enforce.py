@@ -138,18 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_paging(layout, context, int(args.budget_mb * MB), bundle.model["context_length"])
     reason = unfit_reason(sidecar, layout, plan, context, args.budget_mb, bundle.model["context_length"])
     shared = bundle.shared_kv
-    if shared:  # --kv-io shared: the runner allocates the model's whole context up front and cannot page
+    if shared:  # --kv-io shared: the buffers grow (doubling) up to the model's whole context and cannot page
         plan = None
         need = layout.bytes_at(bundle.model["context_length"])
         reason = None
         if need > args.budget_mb * MB:
             reason = (
-                f"this --kv-io shared bundle preallocates its whole context: {need} bytes ({mb(need)} MB) > "
+                f"this --kv-io shared bundle's KV grows to its whole context: {need} bytes ({mb(need)} MB) > "
                 f"{args.budget_mb:g} MB; re-export it with --kv-io present to page or window the KV cache"
             )
     print_plan(bundle, layout, plan, context, args.budget_mb, sidecar.get("spill_bytes"))
     if shared:
-        print(f"  shared KV buffers: {layout.bytes_at(bundle.model['context_length'])} bytes, allocated at load")
+        need = layout.bytes_at(bundle.model["context_length"])
+        print(f"  shared KV buffers: up to {need} bytes at the full context (they double as the run grows)")
     flags = plan.runner_flags(args.budget_mb) if plan is not None and not reason else None
     if flags:
         print(f"runner flags: {flags}")

@@ -137,12 +137,27 @@ class SharedKVCache:
     """
 
     def __init__(self, layout: KVLayout, capacity: int, make_buffer) -> None:
-        self.layout, self.capacity = layout, capacity
-        self.buffers = {
-            name: make_buffer((1, layout.heads, capacity, width), dtype)
+        self.layout, self.capacity, self._make_buffer = layout, capacity, make_buffer
+        self.buffers = self._allocate(capacity)
+        self._length = 0
+
+    def _allocate(self, capacity: int) -> dict[str, Any]:
+        layout = self.layout
+        return {
+            name: self._make_buffer((1, layout.heads, capacity, width), dtype)
             for name, width, dtype in zip(layout.inputs, layout.widths, layout.dtypes, strict=True)
         }
-        self._length = 0
+
+    def grow(self, capacity: int) -> None:
+        """New buffers of `capacity` tokens holding the rows in use (the old ones are dropped: rebind calls)."""
+        if capacity <= self.capacity:
+            return
+        grown = self._allocate(capacity)
+        for name, buffer in grown.items():
+            rows = np.zeros(buffer.shape(), self.buffers[name].numpy().dtype)
+            rows[:, :, : self._length] = self.buffers[name].numpy()[:, :, : self._length]
+            buffer.update_inplace(rows)
+        self.buffers, self.capacity = grown, capacity
 
     def reset(self) -> None:
         self._length = 0
@@ -166,5 +181,5 @@ class SharedKVCache:
         self._length = length
 
     def nbytes(self) -> int:
-        """Bytes of the buffers (the whole capacity is allocated up front)."""
+        """Bytes of the buffers (the capacity allocated so far)."""
         return self.capacity * self.layout.bytes_per_token()

@@ -19,6 +19,8 @@ from omnicoder.errors import OmniCoderError
 
 RETENTION_CHUNK = 8  # tokens per call under a retention budget (the policy acts between calls)
 MAX_THREADS = 1024
+SHARED_KV_START = 256  # tokens the shared KV buffers hold at first (--kv-io shared)
+LAST_ONLY = np.ones(1, np.int64)  # logits_to_keep = 1: the head runs on the last position only
 STEP_FIX = "the bundle's manifest may not describe its graph (graph.kv); re-export the bundle"
 
 
@@ -116,6 +118,7 @@ class OnnxBackend:
         self.retention = retention
         self._shared: SharedBinding | None = None  # --kv-io shared bundles: calls bound once
         self.vocab = bundle.model["vocab_size"]
+        self.logits_to_keep: str | None = bundle.graph.get("logits_to_keep")
         if bundle.shared_kv:
             if paging is not None or retention is not None:
                 raise OmniCoderError(
@@ -128,7 +131,8 @@ class OnnxBackend:
                 f"this --kv-io shared bundle's KV buffers for its context of {self.model_context} tokens",
                 "re-export it with a shorter --context or with --kv-io present",
             )
-            self.cache = SharedKVCache(self.layout, self.model_context, _device_buffer)
+            # sized by what the run uses: a few hundred tokens, doubled as the context grows (not the whole context)
+            self.cache = SharedKVCache(self.layout, min(self.model_context, SHARED_KV_START), _device_buffer)
         elif retention is not None:
             if paging is not None:
                 raise OmniCoderError("--retention and KV paging flags are exclusive; pick one")
@@ -204,9 +208,12 @@ class OnnxBackend:
     def cache_length(self) -> int:
         return self.cache.length
 
-    def run(self, ids: np.ndarray, positions: np.ndarray, past: dict, mtp: bool = False) -> dict:
+    def run(
+        self, ids: np.ndarray, positions: np.ndarray, past: dict, mtp: bool = False, last_only: bool = False
+    ) -> dict:
         """One graph call; returns logits (numpy), presents (onnxruntime values keyed by past input name) and,
-        with `mtp`, the MTP heads' logits.
+        with `mtp`, the MTP heads' logits. `last_only`: the logits of the last position only, where the graph
+        takes `logits_to_keep` (export/onnx_logits.py; the others return every position's).
 
         Feeds and fetches go through onnxruntime's C-level `run_with_ort_values`: the presents of one step are
         the pasts of the next without a copy, and a step costs about 100 us less Python than an IOBinding.
@@ -215,6 +222,8 @@ class OnnxBackend:
         if isinstance(self.cache, SharedKVCache) and past is self.cache.feeds():
             return self._run_shared(keep[0], keep[1], mtp)
         feeds = {"input_ids": self._feed(keep[0]), "position_ids": self._feed(keep[1])}
+        if last_only and self.logits_to_keep:
+            feeds[self.logits_to_keep] = self._feed(LAST_ONLY)
         for name, value in past.items():
             if isinstance(value, np.ndarray):  # paged / retention caches assemble numpy feeds
                 keep.append(np.ascontiguousarray(value))
@@ -255,8 +264,14 @@ class OnnxBackend:
         return _ort_value(array)
 
     def _check_shared_capacity(self, last_position: int) -> None:
-        if last_position >= self.cache.capacity:
-            raise OmniCoderError(f"the context is full: the KV buffers hold {self.cache.capacity} tokens")
+        """Grow the shared buffers (doubling, up to the model's context) to hold `last_position`."""
+        if last_position < self.cache.capacity:
+            return
+        if last_position >= self.model_context:
+            raise OmniCoderError(f"the context is full: the model's context holds {self.model_context} tokens")
+        capacity = max(2 * self.cache.capacity, 1 << last_position.bit_length())
+        self.cache.grow(min(capacity, self.model_context))
+        self._shared = None  # the calls bound the old buffers
 
     def _run_values(self, feeds: dict, wanted: list[str]) -> list:
         """The one call into the session: feeds from `_feed` or earlier outputs, the wanted outputs in order."""
@@ -268,11 +283,13 @@ class OnnxBackend:
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
         if len(ids) == 1 and self._shared is not None:
             return self._step_shared_token(ids[0], positions[0])
-        return self.step_all(ids, positions)[-1]
+        return self._forward(ids, positions, last_only=True)[-1]
 
     def _step_shared_token(self, token: int, position: int) -> np.ndarray:
         """A shared-KV decode step without the generic call path (about 30 us less Python per token)."""
         self._check_shared_capacity(position)
+        if self._shared is None:  # the buffers grew: bind them again through the generic path
+            return self._forward([token], [position], last_only=True)[-1]
         try:
             logits = self._shared.run_token(token, position)
         except ORT_ERRORS as exc:
@@ -282,13 +299,17 @@ class OnnxBackend:
 
     def step_all(self, ids: list[int], positions: list[int]) -> np.ndarray:
         """Like step, but the logits of every one of the tokens [T, V] (teacher forcing through the cache)."""
+        return self._forward(ids, positions, last_only=False)
+
+    def _forward(self, ids: list[int], positions: list[int], last_only: bool) -> np.ndarray:
+        """The tokens through the cache, in chunks where a paging or retention policy acts between calls."""
         chunk = len(ids) if self.paging is None else self.paging.page_len
         if self.retention is not None:
             chunk = RETENTION_CHUNK
         logits = []
         for start in range(0, len(ids), chunk):
             part, where = ids[start : start + chunk], positions[start : start + chunk]
-            result = self.run(np.array([part]), np.array([where]), self.cache.feeds())
+            result = self.run(np.array([part]), np.array([where]), self.cache.feeds(), last_only=last_only)
             self.cache.update(result["presents"], len(part))
             logits.append(result["logits"][0])
         return np.concatenate(logits) if len(logits) > 1 else logits[0]
