@@ -227,9 +227,7 @@ def export_onnx_bundle(
         onnx.save_model(proto, str(graph_path), save_as_external_data=big, location="model.onnx.data")
         inputs = _tensor_specs(i for i in proto.graph.input if i.name != LOGITS_TO_KEEP)
         sidecars = write_common_files(tmp, tokenizer_json, config, options.page_len, spec)
-        genai_notes = write_genai_config(
-            tmp, config, inputs, sidecars, tokenizer_json, options.kv_io == "shared"
-        )
+        genai_notes = write_genai_config(tmp, config, inputs, sidecars, tokenizer_json, options.kv_io == "shared")
         stages.update(1)
         gqa = options.attention == "ort-gqa" or options.kv_io == "shared"
         attention_op = "GroupQueryAttention" if gqa else "Attention"
