@@ -295,6 +295,30 @@ def test_state_bytes_follow_max_seq_len(coreml_bundle):
     assert state_bytes(preset("test-mla"), CAPACITY) == 2 * (2 * 1 * CAPACITY * 40 + 1)  # MLA: latent rows only
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_quantized_head_and_embedding_in_pytorch(tied):
+    """Without GGUF blocks the head gets int4 codes of omnicoder.quant; a tied embedding reads those very buffers, an
+    untied one gets its own; the quantized model stays close to the float one (no coremltools needed)."""
+    from omnicoder.export.coreml_ops import QuantEmbedding
+    from omnicoder.export.coreml_quant import quantize_for_coreml
+
+    model = tiny("test-gqa", tie_embeddings=tied)
+    ids = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        before = model(ids, torch.arange(9)[None]).logits
+        result = quantize_for_coreml(model, quantize_head=True)
+        after = model(ids, torch.arange(9)[None]).logits
+    assert isinstance(model.embed, QuantEmbedding) and model.lm_head.bits == model.embed.bits == 4
+    assert (model.embed.qweight is model.lm_head.qweight) == tied
+    assert result.lm_head == "int4, blocks of 32 (omnicoder.quant)" and result.file_blocks == 0
+    assert ("the LM head's codes" in result.embedding) == tied
+    rows = model.embed(ids)
+    if tied:  # the table the gather reads is the head's weight as the head's linear computes with it
+        assert torch.equal(rows[0], model.lm_head.dequantized_weight()[ids[0]])
+    cosine = torch.nn.functional.cosine_similarity(after.flatten(), before.flatten(), dim=0)
+    assert cosine > 0.9, cosine  # random weights, every matrix in int4: close, not equal
+
+
 def test_head_policy_follows_the_vocabulary():
     from omnicoder.export.coreml_quant import head_quantized
 
