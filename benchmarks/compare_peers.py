@@ -15,6 +15,11 @@ Peers whose pins clash with ours run in their own venv (build/peer-venv, made he
 runs in its own worker process; engines are interleaved over `--rounds` rounds and the median is kept, since
 timings on a shared machine drift; ratios to onnxruntime-genai are the median of per-round ratios (each engine
 against the genai run of the same round). Writes DIR/compare_peers.{json,png}.
+
+The real model is a size too: `--sizes smollm2-135m [--heldout DIR]` measures SmolLM2-135M-Instruct (its GGUF)
+with ours-fp32 / ours-int4, genai-int4 and llama.cpp (Q4_1 as shipped, Q4_0), adding bits per byte, bundle MB and
+peak RSS columns (peers_real.py; llama.cpp is built on first use into --work/llama.cpp, ~15-30 min on 2 cores).
+Writes DIR/compare_peers_smollm2-135m.json.
 """
 
 from __future__ import annotations
@@ -196,14 +201,69 @@ WORKERS = {
 }
 
 
+def logits_ours(path: str, threads: int):
+    """Teacher-forcing logits [W, V] of one window through our runner (empty cache)."""
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    bundle = open_bundle(path)
+    backend = OnnxBackend(bundle, create_session(bundle, threads))
+    return lambda ids: backend.full_logits(np.array([ids], np.int64))[0]
+
+
+def logits_genai(path: str, threads: int):
+    """Teacher-forcing logits of onnxruntime-genai's model.onnx, run by plain onnxruntime (empty past)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(Path(path) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32}
+    decoder = json.loads((Path(path) / "genai_config.json").read_text())["model"]["decoder"]
+    kv_shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])  # BNSH, empty past
+    empty = {n: np.zeros(kv_shape, dtypes[s.type]) for n, s in inputs.items() if n.startswith("past_key_values")}
+
+    def logits(ids: list[int]) -> np.ndarray:
+        feed = {"input_ids": np.array([ids], np.int64), **empty}
+        mask = inputs["attention_mask"]
+        feed["attention_mask"] = np.ones((1, len(ids)), dtypes.get(mask.type, np.int64))
+        return session.run(["logits"], feed)[0][0].astype(np.float32)
+
+    return logits
+
+
+LOGITS = {"ours": logits_ours, "genai": logits_genai}
+
+
 def worker_main(args) -> None:
     if args.threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.task == "bpb":  # every plan's bits per byte (peers_bpb.py)
+        import peers_bpb
+
+        logits = LOGITS[args.worker](args.path, args.threads)
+        result = {}
+        for plan_file in args.plans:
+            plan = json.loads(Path(plan_file).read_text())
+            result[plan["name"]] = peers_bpb.score_plan(logits, plan, progress=True)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     make = WORKERS[args.worker]
     if args.worker == "genai":  # genai sizes its KV buffers by max_length
         make = functools.partial(make, max_length=args.prompt_tokens + args.decode_steps + 16)
     reset, prefill, decode = make(args.path, args.threads)
-    prompt = np.random.default_rng(0).integers(3, args.vocab, args.prompt_tokens).tolist()
+    if args.prompt_ids:
+        prompt = json.loads(Path(args.prompt_ids).read_text())[: args.prompt_tokens]
+    else:
+        prompt = np.random.default_rng(0).integers(3, args.vocab, args.prompt_tokens).tolist()
+    if args.task == "rss":  # one greedy generation of decode_steps tokens; the driver reads this process's peak RSS
+        reset()
+        token = prefill(prompt)
+        for i in range(args.decode_steps - 1):
+            token = decode(token, len(prompt) + i)
+        print("RESULT {}", flush=True)
+        return
     result = time_engine(reset, prefill, decode, prompt, args.decode_steps, args.repeats)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -437,7 +497,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="20m,110m", help=f"comma-separated, from {', '.join(SIZES)}")
+    p.add_argument("--sizes", default="20m,110m", help=f"comma-separated: {', '.join(SIZES)}, smollm2-135m")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--decode-steps", type=int, default=32)
@@ -448,15 +508,24 @@ def main() -> None:
     p.add_argument("--peer-venv", default="build/peer-venv")
     p.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch 8da4w column")
     p.add_argument("--engines", default="", help="comma-separated subset to build and time (genai-int4 is always in)")
+    p.add_argument("--heldout", default="/tmp/heldout", help="real models: folder of held-out text files")
+    p.add_argument("--score-window", type=int, default=512, help="real models: tokens per scored window")
+    p.add_argument("--score-threads", type=int, default=2, help="real models: threads for bits per byte")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, default=32000, help=argparse.SUPPRESS)
+    p.add_argument("--task", choices=("time", "rss", "bpb"), default="time", help=argparse.SUPPRESS)
+    p.add_argument("--prompt-ids", help=argparse.SUPPRESS)
+    p.add_argument("--plans", nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker_main(args)
-    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+    import peers_real
+
+    choices = [*SIZES, *peers_real.REAL_SIZES]
+    unknown = [s for s in args.sizes.split(",") if s not in choices]
     if unknown:
-        p.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+        p.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
     if args.engines:
         wrong = [e for e in args.engines.split(",") if e not in [*ENGINES, ENGINES_ET]]
         if wrong:
@@ -474,10 +543,17 @@ def main() -> None:
         "command": "python benchmarks/compare_peers.py " + " ".join(sys.argv[1:]),
         "sizes": {},
     }
-    for size in args.sizes.split(","):
-        results["sizes"][size] = run_size(size, args, peer, log)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for size in [s for s in args.sizes.split(",") if s in peers_real.REAL_SIZES]:  # own file and table
+        entry = peers_real.run_real_size(size, args, peer, log)
+        document = {key: value for key, value in results.items() if key != "sizes"} | entry
+        (out / f"compare_peers_{size}.json").write_text(json.dumps(document, indent=2) + "\n")
+        peers_real.report(size, entry, args.threads)
+    for size in [s for s in args.sizes.split(",") if s in SIZES]:
+        results["sizes"][size] = run_size(size, args, peer, log)
+    if not results["sizes"]:
+        return
     (out / "compare_peers.json").write_text(json.dumps(results, indent=2) + "\n")
     try:
         plot(results, out / "compare_peers.png")
