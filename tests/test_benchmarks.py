@@ -130,3 +130,18 @@ def test_peers_bpb_parse_llama_bench_json():
     assert (got["prefill_tok_s"], got["decode_tok_s"], got["decode_depth"]) == (500.0, 66.0, 128)
     with pytest.raises(ValueError):
         peers_bpb.parse_llama_bench("[]")
+
+
+def test_peers_real_report_from_recorded_run(capsys):
+    """The SmolLM2 table and the issue's four goal verdicts, from the recorded run (the run needs llama.cpp)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import peers_real
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    entry = json.loads((ROOT / "docs" / "results" / "compare_peers_smollm2-135m.json").read_text())
+    peers_real.report("smollm2-135m", entry, entry["threads"])
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in [*peers_real.ONNX_ENGINES, *peers_real.LLAMA_ENGINES])
+    verdicts = [line.rsplit(": ", 1)[1] for line in printed.splitlines() if line.startswith("goal: ")]
+    assert len(verdicts) == 4 and set(verdicts) <= {"met", "missed"}
