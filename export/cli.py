@@ -74,7 +74,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--no-transcode",
         action="store_true",
-        help="onnx, gguf:FILE models: quantize the dequantized weights again instead of keeping the file's "
+        help="onnx and coreml, gguf:FILE models: quantize the dequantized weights again instead of keeping the file's "
         "Q4_0 / Q4_1 / Q8_0 blocks (the default keeps them: the bundle computes what the file holds)",
     )
     p.add_argument(
