@@ -69,7 +69,8 @@ def build_parser() -> ArgumentParser:
         default="sym",
         choices=("sym", "asym"),
         help="onnx int4: sym = signed codes, one scale per block of 32; asym = a zero point per block too "
-        "(MatMulNBits with packed uint4 zero points; better on real models, docs/benchmarks.md)",
+        "(MatMulNBits with packed uint4 zero points; SmolLM2-135M: +14.9%% bits/byte vs sym +12.4%%, "
+        "docs/benchmarks.md)",
     )
     p.add_argument(
         "--no-transcode",

@@ -1,9 +1,8 @@
 """Weight quantization in the model core: `QuantLinear` and the pass that swaps it in.
 
 Schemes (symmetric, no zero point):
-- int4: codes in [-8, 7], one fp32 scale per block of 32 input features. The scale of each block is
-  chosen from a small grid of clipping ratios to minimise the block's squared error (a cheap form of
-  the clipping search used by llama.cpp / AWQ), which matters for tiny models.
+- int4: codes in [-8, 7], one fp32 scale per block of 32 input features, round to nearest with the block's
+  signed extreme at -8 (no clipping: clipping outliers to lower the squared error cost real models quality).
 - int8: codes in [-127, 127], one scale per output channel (the whole row is one block).
 
 The rounding happens once, here; every exporter lowers the same codes and scales, so the quality
@@ -18,35 +17,33 @@ from torch import nn
 from omnicoder import ops
 
 SCHEMES = {"int4": (4, 32), "int8": (8, 0)}
-CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize [N, K] weights -> (int8 codes [N, K], fp32 scales [N, K / block]); block 0 means per row."""
+    """Quantize [N, K] weights -> (int8 codes [N, K], fp32 scales [N, K / block]); block 0 means per row.
+
+    Round to nearest with each block's signed extreme mapped to the most negative code (-8 for 4 bits): the full
+    [-8, 7] range and no clipping, as onnxruntime's MLAS quantizer does (and a GGUF Q4_0 block is, so re-quantizing
+    one gives back its grid). A search over clipping ratios for the smallest squared error, used before, clipped
+    outliers and cost a real model far more (SmolLM2-135M: +21.9% bits/byte against +12.4%, docs/benchmarks.md)."""
     w = weight.detach().float()
     n, k = w.shape
     block = block or k
     if k % block:
         raise ValueError(f"in_features {k} is not a multiple of the block size {block}")
-    qmax = 2 ** (bits - 1) - 1
+    lowest = -(2 ** (bits - 1))
     blocks = w.view(n, k // block, block)
-    absmax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
-    best_err = torch.full_like(absmax, float("inf"))
-    best_scale = absmax / qmax
-    for ratio in CLIP_GRID:
-        scale = absmax * ratio / qmax
-        codes = torch.clamp(torch.round(blocks / scale), -qmax - 1, qmax)
-        err = ((codes * scale - blocks) ** 2).sum(dim=-1, keepdim=True)
-        better = err < best_err
-        best_err, best_scale = torch.where(better, err, best_err), torch.where(better, scale, best_scale)
-    codes = torch.clamp(torch.round(blocks / best_scale), -qmax - 1, qmax).to(torch.int8)
-    return codes.view(n, k), best_scale.squeeze(-1)
+    extreme = torch.gather(blocks, -1, blocks.abs().argmax(dim=-1, keepdim=True))
+    scale = extreme / lowest
+    scale = torch.where(scale == 0, torch.full_like(scale, 1e-12), scale)
+    codes = torch.clamp(torch.round(blocks / scale), lowest, -lowest - 1).to(torch.int8)
+    return codes.view(n, k), scale.squeeze(-1)
 
 
 def quantize_weight_asym(weight: torch.Tensor, bits: int, block: int) -> tuple[torch.Tensor, ...]:
     """Asymmetric blocks: [N, K] -> (unsigned codes int8 [N, K] in [0, 2^bits - 1], fp32 scales and integer zero
-    points [N, K / block]; w ~ (code - zero) * scale). Each block's range [min, max] is searched over shrunken
-    ranges (CLIP_GRID, both ends) for the smallest squared error; the integer zero point packs in `bits` bits."""
+    points [N, K / block]; w ~ (code - zero) * scale), each block's [min, max] range (with 0 in it) unclipped; the
+    integer zero point packs in `bits` bits. SmolLM2-135M: +14.9% bits/byte, the symmetric form +12.4%."""
     w = weight.detach().float()
     n, k = w.shape
     if k % block:
@@ -54,20 +51,8 @@ def quantize_weight_asym(weight: torch.Tensor, bits: int, block: int) -> tuple[t
     qmax = 2**bits - 1
     blocks = w.view(n, k // block, block)
     low, high = blocks.amin(dim=-1, keepdim=True).clamp_max(0), blocks.amax(dim=-1, keepdim=True).clamp_min(0)
-    best = (torch.full_like(low, float("inf")), None, None)
-    for lo_ratio in CLIP_GRID:
-        for hi_ratio in CLIP_GRID:
-            scale = ((high * hi_ratio - low * lo_ratio) / qmax).clamp_min(1e-12)
-            zero = torch.clamp(torch.round(-low * lo_ratio / scale), 0, qmax)
-            codes = torch.clamp(torch.round(blocks / scale) + zero, 0, qmax)
-            err = (((codes - zero) * scale - blocks) ** 2).sum(dim=-1, keepdim=True)
-            better = err < best[0]
-            best = (
-                torch.where(better, err, best[0]),
-                scale if best[1] is None else torch.where(better, scale, best[1]),
-                zero if best[2] is None else torch.where(better, zero, best[2]),
-            )
-    _, scale, zero = best
+    scale = ((high - low) / qmax).clamp_min(1e-12)
+    zero = torch.clamp(torch.round(-low / scale), 0, qmax)
     codes = torch.clamp(torch.round(blocks / scale) + zero, 0, qmax).to(torch.int8)
     return codes.view(n, k), scale.squeeze(-1), zero.squeeze(-1)
 

@@ -178,8 +178,9 @@ def test_bad_gguf_files_fail_with_one_line(tmp_path):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_int4_export_keeps_the_files_blocks(gguf_files, family, tmp_path):
     """Q4_0 (llama) and Q4_1 (qwen2) projections and the Q8_0 tied head keep the file's exact grid: the bundle's
-    quantized layers dequantize to the weights transformers reads from the file, and its logits are far closer
-    to the dequantized model's than an int4 export that quantizes those weights again."""
+    quantized layers dequantize to the weights transformers reads from the file; for Q4_1 its logits are far closer
+    to the dequantized model's than an int4 export that quantizes those weights again (for Q4_0 they are the same:
+    re-quantizing a Q4_0 block gives back its grid)."""
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
     from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
@@ -208,4 +209,7 @@ def test_int4_export_keeps_the_files_blocks(gguf_files, family, tmp_path):
         backend.reset()
         got = backend.step_all(ids[0].tolist(), list(range(16)))
         errors[transcode] = float(np.abs(got - expected).max())
-    assert errors[True] < errors[False] / 3, errors
+    if family == "llama":  # Q4_0 is round-to-nearest with the block's extreme at -8, as our quantizer: same grid
+        assert errors[True] == pytest.approx(errors[False], rel=1e-3), errors
+    else:  # Q4_1's minima are off any symmetric grid: re-quantizing loses what the transcode keeps
+        assert errors[True] < errors[False] / 3, errors
