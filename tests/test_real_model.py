@@ -94,35 +94,50 @@ def _attributes(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def decode_matmul_nbits(node, initializers: dict) -> np.ndarray:
-    """The float weight [N, K] a MatMulNBits node computes with: (code - zero point) * scale per block."""
-    from onnx import numpy_helper
+def constant_values(graph) -> dict[str, np.ndarray]:
+    """Every constant of the graph as numpy: the initializers and what the constant-only Cast / Reshape /
+    Transpose / Mul / Add nodes over them compute (the half scales and Q4_1 minima onnxruntime folds at load)."""
+    from onnx import helper, numpy_helper
 
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    ops = {
+        "Cast": lambda node, x: x.astype(helper.tensor_dtype_to_np_dtype(_attributes(node)["to"])),
+        "Reshape": lambda node, x, shape: x.reshape(shape),
+        "Transpose": lambda node, x: x.transpose(_attributes(node)["perm"]),
+        "Mul": lambda node, a, b: a * b,
+        "Add": lambda node, a, b: a + b,
+    }
+    for node in graph.node:  # graph order is topological
+        if node.op_type in ops and all(name in values for name in node.input):
+            values[node.output[0]] = ops[node.op_type](node, *(values[name] for name in node.input))
+    return values
+
+
+def decode_matmul_nbits(node, values: dict) -> np.ndarray:
+    """The float weight [N, K] a MatMulNBits node computes with: (code - zero point) * scale per block."""
     a = _attributes(node)
     n, k, bits, block = a["N"], a["K"], a["bits"], a["block_size"]
     blocks = k // block
-    packed = numpy_helper.to_array(initializers[node.input[1]]).reshape(n, blocks, -1)
+    packed = values[node.input[1]].reshape(n, blocks, -1)
     if bits == 4:  # two codes per byte, the low nibble first
         codes = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks, block)
     else:
         codes = packed.reshape(n, blocks, block)
-    scales = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32).reshape(n, blocks, 1)
+    scales = values[node.input[2]].astype(np.float32).reshape(n, blocks, 1)
     zero: np.ndarray | float = float(1 << (bits - 1))  # the op's default
     if len(node.input) > 3 and node.input[3]:
-        zero = numpy_helper.to_array(initializers[node.input[3]])
+        zero = values[node.input[3]]
         if zero.dtype == np.uint8 and bits == 4:  # packed uint4 zero points
             zero = np.stack([zero & 15, zero >> 4], -1).reshape(n, -1)[:, :blocks]
         zero = zero.astype(np.float32).reshape(n, blocks, 1)
     return ((codes.astype(np.float32) - zero) * scales).reshape(n, k)
 
 
-def decode_linear(node, graph, initializers: dict) -> np.ndarray:
+def decode_linear(node, graph, values: dict) -> np.ndarray:
     """The float weight [N, K] of a MatMulNBits node, plus the per-block offset term where one is added to its
     output (a Q4_1 block with float zero point z as d * (q - 8) + d * (8 - z): MatMul(MatMul(x, E), offsets) with
     E [K, K / block] summing x over each block, offsets [K / block, N])."""
-    from onnx import numpy_helper
-
-    weight = decode_matmul_nbits(node, initializers)
+    weight = decode_matmul_nbits(node, values)
     adds = [n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input]
     if not adds:
         return weight
@@ -134,8 +149,8 @@ def decode_linear(node, graph, initializers: dict) -> np.ndarray:
     k = weight.shape[1]
     expected_sums = np.zeros((k, k // block), np.float32)
     expected_sums[np.arange(k), np.arange(k) // block] = 1.0
-    np.testing.assert_array_equal(numpy_helper.to_array(initializers[sums.input[1]]), expected_sums)
-    offsets = numpy_helper.to_array(initializers[offset.input[1]]).astype(np.float32)  # [K / block, N]
+    np.testing.assert_array_equal(values[sums.input[1]], expected_sums)
+    offsets = values[offset.input[1]].astype(np.float32)  # [K / block, N]
     return weight + np.repeat(offsets.T, block, axis=1)
 
 
@@ -151,7 +166,7 @@ def test_int4_transcode_holds_the_gguf_blocks(smol_gguf, smol_bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["precision"]["kept_file_blocks"] == manifest["precision"]["quantized_layers"] > 0
     proto = onnx.load(str(bundle / "model.onnx"))
-    initializers = {t.name: t for t in proto.graph.initializer}
+    values = constant_values(proto.graph)
     nodes = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
     reader = gguf.GGUFReader(smol_gguf)
     tensors = {t.name: t for t in reader.tensors}
@@ -178,11 +193,11 @@ def test_int4_transcode_holds_the_gguf_blocks(smol_gguf, smol_bundle):
         ]
         for node, weight in zip(nodes[4 * layer : 4 * layer + 4], expected, strict=True):
             assert _attributes(node)["bits"] == 4
-            np.testing.assert_allclose(decode_linear(node, proto.graph, initializers), weight, rtol=0, atol=2e-6)
+            np.testing.assert_allclose(decode_linear(node, proto.graph, values), weight, rtol=0, atol=2e-6)
     head = nodes[-1]
     assert _attributes(head)["bits"] == 8  # the tied Q8_0 embedding, as the file holds it
     np.testing.assert_allclose(
-        decode_linear(head, proto.graph, initializers), file_weight("token_embd.weight"), rtol=0, atol=2e-6
+        decode_linear(head, proto.graph, values), file_weight("token_embd.weight"), rtol=0, atol=2e-6
     )
 
 
