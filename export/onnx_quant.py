@@ -122,8 +122,9 @@ def _int4_matmulnbits_offsets(x, codes, scales, zeros, block, out, prefix, accur
         x, _pack_int4(codes, block), scales, None, k, n, 4, block, prefix + "_q", prefix, accuracy_level
     )
     minimum = -scales * zeros
-    if _fp16_exact(scales) and _fp16_exact(minimum.astype(np.float16).astype(np.float32)):
-        minimum = minimum.astype(np.float16).astype(np.float32)  # the file's own m (d z rounds to within an ulp)
+    half = minimum.astype(np.float16).astype(np.float32)
+    if _fp16_exact(scales) and np.allclose(half, minimum, rtol=1e-6, atol=0):
+        minimum = half  # the file's own half-precision m (d z gives it back to within an fp32 ulp)
     min_nodes, min_tensors = _float_input(np.ascontiguousarray(minimum.T), prefix + "_min")
     shape = numpy_helper.from_array(np.array(scales.shape, np.int64), prefix + "_scale_shape")
     sums = _block_sums(k, block)
