@@ -4,13 +4,15 @@
 #           (`apt-get download` + `dpkg -x`: no root needed, offline after the first run).
 #   syntax: a venv with tree-sitter (+ Kotlin and Swift grammars) and openstep-parser for apps/syntax_check.py.
 #   swift:  nothing when `swift` is on PATH (macOS, a Swift toolchain); else a Debian trixie chroot with the
-#           `swiftlang` package made by debootstrap (needs root; prints why and exits 3 when it cannot).
+#           `swiftlang` package (+ libssl-dev: the core's SHA-256 on Linux) made by debootstrap (needs root; prints
+#           why and exits 3 when it cannot). A chroot made with another package list gets the missing packages.
 # Usage: apps/setup_toolchains.sh [kotlin|syntax|swift|all]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=${OMNICODER_TOOLCHAINS:-$ROOT/build/toolchains}
 KOTLIN_VERSION=2.4.20
 SUITE=trixie
+SWIFT_DEBS="swiftlang libc6-dev libstdc++-14-dev libssl-dev ca-certificates"
 what=${1:-all}
 mkdir -p "$TOOLS"
 
@@ -54,7 +56,7 @@ swift_chroot() {
     return 0
   fi
   local chroot="$TOOLS/swift-$SUITE"
-  if [ -f "$chroot/.omnicoder-swift-ready" ]; then
+  if [ "$(cat "$chroot/.omnicoder-swift-ready" 2>/dev/null)" = "$SWIFT_DEBS" ]; then
     echo "swift toolchain: chroot $chroot"
     return 0
   fi
@@ -72,8 +74,8 @@ swift_chroot() {
   cp /etc/resolv.conf "$chroot/etc/resolv.conf" 2>/dev/null || true
   "$ROOT/apps/swift_chroot.sh" mount
   trap '"$ROOT/apps/swift_chroot.sh" umount' EXIT
-  chroot "$chroot" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends swiftlang libc6-dev libstdc++-14-dev ca-certificates >/dev/null && apt-get clean'
-  touch "$chroot/.omnicoder-swift-ready"
+  chroot "$chroot" /bin/sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $SWIFT_DEBS >/dev/null && apt-get clean"
+  echo "$SWIFT_DEBS" >"$chroot/.omnicoder-swift-ready"
   echo "swift toolchain: chroot $chroot"
 }
 

@@ -22,14 +22,14 @@ final class CoreTests: XCTestCase {
         }
     }
 
-    func testPureSHA256() {
-        var empty = PureSHA256()
+    func testSHA256Hasher() {
+        let empty = SHA256Hasher()
         XCTAssertEqual(empty.hexDigest(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        var abc = PureSHA256()
+        let abc = SHA256Hasher()
         abc.update(Array("ab".utf8))
         abc.update(Array("c".utf8))
         XCTAssertEqual(abc.hexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        var long = PureSHA256()
+        let long = SHA256Hasher()
         for _ in 0..<1000 { long.update(Array(repeating: UInt8(ascii: "a"), count: 1000)) }
         XCTAssertEqual(long.hexDigest(), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }

@@ -204,7 +204,7 @@ final class RetentionTests: XCTestCase {
 
     /// sha256 of the feeds' float32 little-endian bytes, inputs in layout order.
     private func sha256(_ feeds: [String: KvTensor], _ layout: KvLayout) -> String {
-        var hasher = PureSHA256()
+        let hasher = SHA256Hasher()
         for name in layout.inputs {
             let data = feeds[name]?.data ?? []
             var floats = [Float](repeating: 0, count: data.count / 4)

@@ -1,0 +1,2 @@
+// OpenSSL's digest API for SHA256Hasher on Linux (Debian: libssl-dev); Apple platforms use CryptoKit instead.
+#include <openssl/evp.h>
