@@ -29,7 +29,7 @@ import torch
 
 from omnicoder import ops
 from omnicoder.errors import OmniCoderError
-from omnicoder.runtimes.kv_quant import NF4_LEVELS as _NF4_LEVELS
+from omnicoder.runtimes.kv_format import NF4_LEVELS as _NF4_LEVELS
 
 KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
 ROTATIONS = ("none", "hadamard")

@@ -10,37 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from omnicoder.runtimes.kv_format import ELEMENT_BYTES, KV_DTYPES, QUANT_GROUP, row_bytes
+
 from omnicoder.errors import OmniCoderError
 
 MB = 1 << 20
-KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
-ELEMENT_BYTES = {"fp32": 4.0, "fp16": 2.0, "u8": 1.0, "nf4": 0.5}
-# The stored KV formats of `omnicoder-export --kv` (omnicoder/kv_quant.py): each cached row is cut into groups of
-# the largest power of two <= QUANT_GROUP that divides its width (MLA rows of 96 + 16 -> 16); a u8 group carries
-# an fp16 scale + an fp16 minimum (4 bytes, asymmetric), an nf4 group one fp16 absmax scale (2 bytes); nf4 packs
-# two codes per byte. A bundle's sidecar states its own `bytes_per_token_per_layer` exactly; this computes
-# the other dtypes for comparison.
-QUANT_GROUP = 32
-GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}
 # similarity-fetched pages per step (the runner's --predicted-pages, scored with the graph's query outputs). 0: on
 # omnicoder-tiny they cost quality (a fetched page sits at a RoPE distance past the trained context; measured in
 # docs/benchmarks.md). Raise it (4 is typical) for models trained on long contexts.
 MAX_PREDICTED_PAGES = 0
-
-
-def quant_group(width: int, group: int = QUANT_GROUP) -> int:
-    """The group used for rows of `width` (as omnicoder.kv_quant.KVQuantSpec.group_for)."""
-    while group > 1 and width % group:
-        group //= 2
-    return group
-
-
-def row_bytes(width: int, kv_dtype: str, group: int = QUANT_GROUP) -> int:
-    """Bytes of one cached row of `width` values in `kv_dtype`, group scales included."""
-    if width <= 0:
-        return 0
-    groups = width // quant_group(width, group) if GROUP_OVERHEAD_BYTES[kv_dtype] else 0
-    return math.ceil(width * ELEMENT_BYTES[kv_dtype]) + groups * GROUP_OVERHEAD_BYTES[kv_dtype]
 
 
 def _per_layer(sidecar: dict, scalar: str, listed: str) -> list[int]:
@@ -91,8 +69,8 @@ def bytes_per_token_per_layer(sidecar: dict, kv_dtype: str | None = None) -> lis
 
 
 @dataclass(frozen=True)
-class KVLayout:
-    """A bundle's KV cache in pages, for one KV dtype."""
+class PageBudget:
+    """What a paged KV cache holds per page, for one KV dtype (PageBudget in the app cores)."""
 
     kv_dtype: str
     page_len: int
@@ -101,7 +79,7 @@ class KVLayout:
     page_bytes: int
 
     @classmethod
-    def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None) -> KVLayout:
+    def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None) -> PageBudget:
         per_layer = bytes_per_token_per_layer(sidecar, kv_dtype)
         per_token = sum(per_layer)
         page_len = sidecar["page_len"]
@@ -155,7 +133,7 @@ MIN_PAGED_PAGES = 3  # 1 sink page + 1 window page + 1 partially filled tail pag
 
 
 def plan_paging(
-    layout: KVLayout, context: int, budget_bytes: int, model_context: int | None = None
+    layout: PageBudget, context: int, budget_bytes: int, model_context: int | None = None
 ) -> PagingPlan | None:
     """The largest window (with 1 sink page and up to MAX_PREDICTED_PAGES predicted pages) whose resident KV
     fits `budget_bytes`, where the attended pages (sink + window + predicted + 1 tail) also stay within the
@@ -188,7 +166,7 @@ def plan_paging(
     )
 
 
-def min_paged_bytes(layout: KVLayout) -> int:
+def min_paged_bytes(layout: PageBudget) -> int:
     return MIN_PAGED_PAGES * layout.page_bytes
 
 

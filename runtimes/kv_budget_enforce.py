@@ -18,7 +18,7 @@ import sys
 from omnicoder.runtimes.kv_budget import (
     MB,
     MIN_PAGED_PAGES,
-    KVLayout,
+    PageBudget,
     PagingPlan,
     context_of,
     mb,
@@ -43,19 +43,19 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def quantized_hint(sidecar: dict, layout: KVLayout, bytes_needed: float) -> str:
+def quantized_hint(sidecar: dict, layout: PageBudget, bytes_needed: float) -> str:
     """' or export with --kv u8 (...) / nf4 (...)' scaled from `bytes_needed` at the current dtype."""
     if layout.kv_dtype in QUANTIZED_KV:
         return ""
     parts = []
     for dtype in QUANTIZED_KV:
-        other = KVLayout.from_sidecar(sidecar, dtype)
+        other = PageBudget.from_sidecar(sidecar, dtype)
         parts.append(f"{dtype}: {mb_at_least(bytes_needed * other.page_bytes / layout.page_bytes)} MB")
     return f", or export with --kv u8/nf4 ({', '.join(parts)})"
 
 
 def unfit_reason(
-    sidecar: dict, layout: KVLayout, plan: PagingPlan | None, context: int, budget_mb: float, model_context: int
+    sidecar: dict, layout: PageBudget, plan: PagingPlan | None, context: int, budget_mb: float, model_context: int
 ) -> str:
     """Why the plan does not fit, with the numbers and the fix; '' when it fits."""
     if plan is None and model_context // layout.page_len < MIN_PAGED_PAGES:
@@ -85,7 +85,7 @@ def unfit_reason(
     )
 
 
-def print_plan(bundle, layout: KVLayout, plan: PagingPlan | None, context: int, budget_mb: float, limit) -> None:
+def print_plan(bundle, layout: PageBudget, plan: PagingPlan | None, context: int, budget_mb: float, limit) -> None:
     model = bundle.model
     print(
         f"omnicoder-kv-budget: {bundle.path} ({model['name']}, {model['attention']}, {layout.n_layers} layers), "
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = open_bundle(args.bundle, verify=False)  # only sizes and the sidecar are read, never the weights
     sidecar = paging_sidecar_of(bundle)
     context = context_of(bundle, sidecar, args.context)
-    layout = KVLayout.from_sidecar(sidecar)
+    layout = PageBudget.from_sidecar(sidecar)
     plan = plan_paging(layout, context, int(args.budget_mb * MB), bundle.model["context_length"])
     reason = unfit_reason(sidecar, layout, plan, context, args.budget_mb, bundle.model["context_length"])
     shared = bundle.shared_kv

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omnicoder.runtimes.kv_cache import KVLayout
+from omnicoder.runtimes.kv_layout import KVLayout
 
 from omnicoder.errors import OmniCoderError
 

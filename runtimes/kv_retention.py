@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from omnicoder.runtimes.kv_cache import KVLayout
-from omnicoder.runtimes.kv_quant import NF4_LEVELS
+from omnicoder.runtimes.kv_format import round_trip, row_bytes
+from omnicoder.runtimes.kv_layout import KVLayout
 
 from omnicoder.errors import OmniCoderError
 
@@ -49,31 +49,6 @@ class RetentionPolicy:
         return self
 
 
-def u8_round_trip(rows: np.ndarray, group: int) -> np.ndarray:
-    """Rows [..., W] through u8 storage (per-token groups, fp16 scale and minimum) and back."""
-    width = rows.shape[-1]
-    g = _group(width, group)
-    grouped = rows.reshape(*rows.shape[:-1], width // g, g)
-    low = grouped.min(-1, keepdims=True).astype(np.float16).astype(np.float32)
-    scale = np.maximum((grouped.max(-1, keepdims=True) - grouped.min(-1, keepdims=True)) / 255, 1e-6)
-    scale = scale.astype(np.float16).astype(np.float32)
-    codes = np.clip(np.round((grouped - low) / scale), 0, 255)
-    return (codes * scale + low).reshape(rows.shape).astype(rows.dtype)
-
-
-def nf4_round_trip(rows: np.ndarray, group: int) -> np.ndarray:
-    """Rows [..., W] through NF4 storage (absmax per group) and back, as omnicoder.kv_quant stores them."""
-    width = rows.shape[-1]
-    g = group
-    while g > 1 and width % g:
-        g //= 2
-    grouped = rows.reshape(*rows.shape[:-1], width // g, g)
-    scale = np.maximum(np.abs(grouped).max(-1, keepdims=True), 1e-6).astype(np.float16).astype(np.float32)
-    midpoints = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
-    index = np.searchsorted(midpoints, grouped / scale, side="left")
-    return (NF4_LEVELS[index] * scale).reshape(rows.shape).astype(rows.dtype)
-
-
 class RetentionKVCache:
     """Per-token KV rows with budgeted eviction (see the module docstring)."""
 
@@ -86,13 +61,8 @@ class RetentionKVCache:
         self.token_bytes = layout.bytes_per_token()
         full_tokens = policy.budget_bytes / self.token_bytes
         self.recent = policy.recent_window or max(1, int(policy.recent_fraction * full_tokens))
-        widths = dict(zip(layout.inputs, layout.widths, strict=True))
-        per_row = {
-            "u8": lambda w: w + 4 * (w // _group(w, policy.compress_group)),
-            "nf4": lambda w: w // 2 + 2 * (w // _group(w, policy.compress_group)),
-            "none": lambda w: 4 * w,
-        }[policy.compress]
-        self.compress_bytes = sum(layout.heads * per_row(w) for w in widths.values())
+        stored = "fp32" if policy.compress == "none" else policy.compress
+        self.compress_bytes = sum(layout.heads * row_bytes(w, stored, policy.compress_group) for w in layout.widths)
         self.reset()
 
     # -- interface -------------------------------------------------------------------------------------
@@ -167,9 +137,8 @@ class RetentionKVCache:
                 fresh = candidates[(~self.compressed[candidates]) & (self.klass[candidates] != 2)]
                 if len(fresh):  # compress the lowest-ranked token that the head does not want dropped
                     victim = fresh[int(np.argmin(self.score[fresh]))]
-                    round_trip = u8_round_trip if self.policy.compress == "u8" else nf4_round_trip
                     for rows in self.rows.values():
-                        rows[:, victim] = round_trip(rows[:, victim], self.policy.compress_group)
+                        rows[:, victim] = round_trip(rows[:, victim], self.policy.compress, self.policy.compress_group)
                     self.compressed[victim] = True
                     continue
             victim = candidates[int(np.argmin(rank))]
@@ -194,12 +163,6 @@ class RetentionKVCache:
             probs = np.exp(logits)
             probs /= probs.sum(-1, keepdims=True)
             self.score += probs.sum((0, 1, 2))
-
-
-def _group(width: int, group: int) -> int:
-    while group > 1 and width % group:
-        group //= 2
-    return group
 
 
 def query_scale(model: dict) -> float:

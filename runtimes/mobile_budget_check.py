@@ -17,14 +17,14 @@ from pathlib import Path
 
 from omnicoder.runtimes import profile_files
 from omnicoder.runtimes.kv_budget import (
-    KV_DTYPES,
     MB,
-    KVLayout,
+    PageBudget,
     context_of,
     mb,
     paging_sidecar_of,
     weights_bytes,
 )
+from omnicoder.runtimes.kv_format import KV_DTYPES
 
 from omnicoder.cliutil import TOKENS, ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
@@ -63,7 +63,7 @@ def overhead_bytes(document: dict, device: dict, weights: int) -> tuple[int, dic
 def check(bundle, sidecar: dict, document: dict, device_name: str, context: int) -> dict:
     """Every figure of the check, in bytes."""
     device = device_of(document, device_name)
-    layout = KVLayout.from_sidecar(sidecar)
+    layout = PageBudget.from_sidecar(sidecar)
     weights = weights_bytes(bundle.manifest)
     overhead, overhead_rule = overhead_bytes(document, device, weights)
     limit = app_limit_bytes(device)
@@ -75,7 +75,7 @@ def check(bundle, sidecar: dict, document: dict, device_name: str, context: int)
     alternatives = {}
     for dtype in KV_DTYPES[2:]:  # u8, nf4
         if dtype != layout.kv_dtype:
-            other = KVLayout.from_sidecar(sidecar, dtype)
+            other = PageBudget.from_sidecar(sidecar, dtype)
             alternatives[dtype] = {
                 "kv_bytes": other.bytes_at(context),
                 "total_bytes": weights + other.bytes_at(context) + overhead,

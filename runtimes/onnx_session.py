@@ -200,7 +200,7 @@ class OnnxBackend:
         """Queries as the stored keys see them (rotated like the keys when the KV rows are Hadamard-rotated)."""
         if self.layout.rotation != "hadamard":
             return query
-        from omnicoder.runtimes.kv_quant import rotate
+        from omnicoder.runtimes.kv_format import rotate
 
         return rotate(query, self.layout.key_group)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omnicoder.runtimes import kv_budget_enforce, mobile_budget_check
 from omnicoder.runtimes.bundle import finalize_bundle, validate
-from omnicoder.runtimes.kv_budget import MB, KVLayout, bytes_per_token_per_layer, plan_paging, row_bytes
+from omnicoder.runtimes.kv_budget import MB, PageBudget, bytes_per_token_per_layer, plan_paging
+from omnicoder.runtimes.kv_format import row_bytes
 
 from omnicoder.errors import OmniCoderError
 
@@ -28,7 +29,7 @@ def test_bytes_per_token_from_the_sidecar_and_from_the_widths():
     assert bytes_per_token_per_layer(TINY) == [448.0] * 4
     computed = {k: v for k, v in TINY.items() if k != "bytes_per_token_per_layer"}
     assert bytes_per_token_per_layer(computed) == [448.0] * 4  # 1 head x 112 x 4 bytes, no value row
-    layout = KVLayout.from_sidecar(TINY)
+    layout = PageBudget.from_sidecar(TINY)
     assert (layout.bytes_per_token, layout.page_bytes) == (1792, 64 * 1792)
     assert layout.bytes_at(512) == 8 * 114688 and layout.bytes_at(65) == 2 * 114688  # whole pages
     assert layout.max_context(3 * 114688 + 5) == 192
@@ -41,7 +42,7 @@ def test_quantized_rows_carry_their_group_scales():
     assert row_bytes(64, "u8") == 64 + 2 * 4
     assert row_bytes(0, "u8") == 0
     assert bytes_per_token_per_layer(TINY, "u8") == [140.0] * 4  # the sidecar's 448 is for fp32 only
-    assert KVLayout.from_sidecar(TINY, "nf4").page_bytes == 64 * 4 * 70
+    assert PageBudget.from_sidecar(TINY, "nf4").page_bytes == 64 * 4 * 70
 
 
 def test_gqa_and_per_layer_widths():
@@ -56,7 +57,7 @@ def test_gqa_and_per_layer_widths():
 
 
 def test_plan_keeps_the_whole_context_when_it_fits_and_pages_otherwise():
-    layout = KVLayout.from_sidecar(TINY)  # pages of 114688 bytes
+    layout = PageBudget.from_sidecar(TINY)  # pages of 114688 bytes
     whole = plan_paging(layout, 512, 8 * 114688, model_context=512)
     assert whole.fits_whole and (whole.window, whole.sink_pages, whole.spill_bytes) == (512, 0, 0)
     assert whole.runner_flags(1) == ""  # nothing to page

@@ -41,8 +41,9 @@ def test_nf4_codes_pack_two_per_byte() -> None:
 
 
 def test_numpy_mirror_is_bit_exact() -> None:
-    from omnicoder.runtimes.kv_quant import dequantize as np_dequantize
-    from omnicoder.runtimes.kv_quant import rotate as np_rotate
+    from omnicoder.runtimes.kv_format import dequantize as np_dequantize
+    from omnicoder.runtimes.kv_format import quantize as np_quantize
+    from omnicoder.runtimes.kv_format import rotate as np_rotate
 
     torch.manual_seed(1)
     x = torch.randn(1, 2, 5, 112)
@@ -52,6 +53,10 @@ def test_numpy_mirror_is_bit_exact() -> None:
         ref = dequantize(parts, spec, 112).numpy()
         got = np_dequantize([p.numpy() for p in parts], dtype, 112, spec.group_for(112))
         np.testing.assert_array_equal(got, ref)
+        stored = np_quantize(x.numpy(), dtype, 32)
+        assert [(s.dtype, s.shape) for s in stored] == [(p.numpy().dtype, p.numpy().shape) for p in parts]
+        for mine, torchs in zip(stored, parts, strict=True):
+            np.testing.assert_array_equal(mine, torchs.numpy())
     np.testing.assert_allclose(np_rotate(x.numpy(), 16), rotate(x, 16).numpy(), atol=1e-6)
 
 

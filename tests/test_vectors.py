@@ -158,7 +158,7 @@ def test_sampling_vectors():
 
 def test_kv_layout_vectors():
     from omnicoder.runtimes.kv_budget import bytes_per_token_per_layer
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_layout import KVLayout
 
     for case in load("kv_layout.json")["cases"]:
         layout = KVLayout(case["kv"], case["n_layers"])
@@ -169,9 +169,8 @@ def test_kv_layout_vectors():
 
 
 def test_paging_vectors():
-    from omnicoder.runtimes.kv_budget import KVLayout as BudgetLayout
-    from omnicoder.runtimes.kv_budget import plan_paging
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_budget import PageBudget, plan_paging
+    from omnicoder.runtimes.kv_layout import KVLayout
     from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 
     fake_presents = _generator()._fake_presents
@@ -188,9 +187,9 @@ def test_paging_vectors():
             assert cache.attended_pages() == step["attended"]
     assert any(len(s["fed_tokens"]) < s["length"] - s["new_tokens"] for c in data["pages"] for s in c["steps"])
     for case in data["sizing"]:
-        layout = BudgetLayout.from_sidecar(case["sidecar"])
-        assert layout.page_bytes == case["page_bytes"]
-        plan = plan_paging(layout, case["context"], case["budget_bytes"], case["model_context"])
+        budget = PageBudget.from_sidecar(case["sidecar"])
+        assert budget.page_bytes == case["page_bytes"]
+        plan = plan_paging(budget, case["context"], case["budget_bytes"], case["model_context"])
         assert (None if plan is None else plan.to_dict()) == case["plan"]
     kinds = {(c["plan"] is None, c["plan"] and c["plan"]["fits_whole"]) for c in data["sizing"]}
     assert kinds == {(True, None), (False, True), (False, False)}
@@ -228,8 +227,7 @@ def _bits(values: np.ndarray) -> list[int]:
 
 
 def test_retention_quantization_vectors():
-    from omnicoder.runtimes.kv_quant import NF4_LEVELS
-    from omnicoder.runtimes.kv_retention import nf4_round_trip, u8_round_trip
+    from omnicoder.runtimes.kv_format import NF4_LEVELS, round_trip
 
     data = load("retention.json")
     assert _bits(_f32(data["nf4_levels"])) == _bits(NF4_LEVELS)
@@ -243,8 +241,7 @@ def test_retention_quantization_vectors():
     assert {0x0000, 0x8000, 0x0001, 0x7C00, 0xFC00} <= set(halves.view(np.uint16).tolist())
     for case in data["round_trips"]:
         rows = _f32(case["rows"]).reshape(-1, case["width"])
-        round_trip = nf4_round_trip if case["dtype"] == "nf4" else u8_round_trip
-        assert _bits(round_trip(rows, case["group"])) == _bits(_f32(case["expected"])), case["name"]
+        assert _bits(round_trip(rows, case["dtype"], case["group"])) == _bits(_f32(case["expected"])), case["name"]
 
 
 def test_retention_policy_vectors():
@@ -280,7 +277,7 @@ def _retention_state(cache) -> dict:
 
 
 def test_retention_store_vectors():
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_layout import KVLayout
     from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy
 
     gen = _generator()

@@ -18,7 +18,7 @@ def _configs():
 
 def kv_layout_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, paging_sidecar
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_layout import KVLayout
 
     from omnicoder.kv_quant import KVQuantSpec
 
@@ -69,9 +69,8 @@ PAGE_CASES = [
 
 def paging_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, paging_sidecar
-    from omnicoder.runtimes.kv_budget import KVLayout as BudgetLayout
-    from omnicoder.runtimes.kv_budget import plan_paging
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_budget import PageBudget, plan_paging
+    from omnicoder.runtimes.kv_layout import KVLayout
     from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 
     from omnicoder.kv_quant import KVQuantSpec
@@ -113,24 +112,24 @@ def paging_vectors() -> dict:
     for name, dtype in (("tiny", "fp32"), ("gqa", "fp16"), ("mla", "u8")):
         config = configs[name]
         sidecar = paging_sidecar(config, 64 if name == "tiny" else 16, KVQuantSpec(dtype=dtype))
-        budget_layout = BudgetLayout.from_sidecar(sidecar)
+        page_budget = PageBudget.from_sidecar(sidecar)
         for context in (config.max_seq_len, 4 * config.max_seq_len, 32768):
             for budget in (
                 0,
-                budget_layout.page_bytes * 2,
-                budget_layout.page_bytes * 3 + 5,
+                page_budget.page_bytes * 2,
+                page_budget.page_bytes * 3 + 5,
                 300_000,
                 1 << 20,
                 1 << 30,
             ):
-                plan = plan_paging(budget_layout, context, budget, config.max_seq_len)
+                plan = plan_paging(page_budget, context, budget, config.max_seq_len)
                 sizing.append(
                     {
                         "sidecar": sidecar,
                         "context": context,
                         "budget_bytes": budget,
                         "model_context": config.max_seq_len,
-                        "page_bytes": budget_layout.page_bytes,
+                        "page_bytes": page_budget.page_bytes,
                         "plan": None if plan is None else plan.to_dict(),
                     }
                 )

@@ -135,7 +135,7 @@ def _logits(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def _replay(name: str, kv: dict, n_layers: int, policy, updates: list, with_logits: bool, seed: int) -> dict:
-    from omnicoder.runtimes.kv_cache import KVLayout
+    from omnicoder.runtimes.kv_layout import KVLayout
     from omnicoder.runtimes.kv_retention import RetentionKVCache
 
     from omnicoder.errors import OmniCoderError
@@ -266,8 +266,7 @@ def policy_cases() -> tuple[list, list]:
 
 def round_trip_cases() -> list[dict]:
     """Rows through NF4 / u8 storage and back: random, ties at the NF4 midpoints and u8 half steps, zeros, constants."""
-    from omnicoder.runtimes.kv_quant import NF4_LEVELS
-    from omnicoder.runtimes.kv_retention import nf4_round_trip, u8_round_trip
+    from omnicoder.runtimes.kv_format import NF4_LEVELS, round_trip
 
     rng = np.random.default_rng(77)
     midpoints = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
@@ -281,9 +280,9 @@ def round_trip_cases() -> list[dict]:
     }
     cases = []
     for name, values in rows.items():
-        for dtype, fn in (("nf4", nf4_round_trip), ("u8", u8_round_trip)):
+        for dtype in ("nf4", "u8"):
             for group in (16, 4):
-                out = fn(values, group)
+                out = round_trip(values, dtype, group)
                 cases.append(
                     {
                         "name": f"{name}-{dtype}-g{group}",
@@ -344,7 +343,7 @@ def fp16_cases() -> dict:
 
 def retention_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, retention_sidecar
-    from omnicoder.runtimes.kv_quant import NF4_LEVELS
+    from omnicoder.runtimes.kv_format import NF4_LEVELS
     from omnicoder.runtimes.kv_retention import RetentionPolicy
     from omnicoder.runtimes.onnx_session import RETENTION_CHUNK
 
