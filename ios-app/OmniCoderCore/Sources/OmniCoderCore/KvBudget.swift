@@ -1,6 +1,6 @@
 import Foundation
 
-/// What a paged KV cache holds per page, from the paging sidecar (runtimes/kv_budget.py KVLayout).
+/// What a paged KV cache holds per page, from the paging sidecar (runtimes/kv_budget.py PageBudget).
 public struct PageBudget: Equatable {
     public let pageLen: Int
     public let nLayers: Int

@@ -1,13 +1,13 @@
 import Foundation
 
-/// How the retention store keeps a compressed token's KV rows (runtimes/kv_retention.py nf4_round_trip /
-/// u8_round_trip): per group of `group` values (halved until it divides the width), NF4 codes with an fp16 absmax
+/// How the retention store keeps a compressed token's KV rows (runtimes/kv_format.py round_trip):
+/// per group of `group` values (halved until it divides the width), NF4 codes with an fp16 absmax
 /// scale, or u8 codes with fp16 scale and minimum. Decoding gives bit for bit numpy's float32 round trip.
 public struct KvCompress: Equatable, Sendable {
     public let dtype: String
     public let group: Int
 
-    /// QLoRA's NF4 levels as float32 (runtimes/kv_quant.py NF4_LEVELS).
+    /// QLoRA's NF4 levels as float32 (runtimes/kv_format.py NF4_LEVELS).
     public static let nf4Levels: [Float] = [
         -1.0, -0.6961928, -0.52507305, -0.3949175, -0.28444138, -0.18477343, -0.091050036, 0.0,
         0.0795803, 0.1609302, 0.2461123, 0.33791524, 0.44070983, 0.562617, 0.72295684, 1.0,

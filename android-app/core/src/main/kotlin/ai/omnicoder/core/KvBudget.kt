@@ -3,7 +3,7 @@ package ai.omnicoder.core
 import org.json.JSONObject
 import kotlin.math.ceil
 
-/** What a paged KV cache holds per page, from the paging sidecar (runtimes/kv_budget.py KVLayout). */
+/** What a paged KV cache holds per page, from the paging sidecar (runtimes/kv_budget.py PageBudget). */
 data class PageBudget(val pageLen: Int, val nLayers: Int, val bytesPerToken: Double, val pageBytes: Long) {
     fun pages(context: Int): Int = (context + pageLen - 1) / pageLen
 

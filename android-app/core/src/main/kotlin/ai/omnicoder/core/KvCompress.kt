@@ -1,8 +1,8 @@
 package ai.omnicoder.core
 
 /**
- * How the retention store keeps a compressed token's KV rows (runtimes/kv_retention.py nf4_round_trip /
- * u8_round_trip): per group of `group` values (halved until it divides the width), NF4 codes with an fp16 absmax
+ * How the retention store keeps a compressed token's KV rows (runtimes/kv_format.py round_trip):
+ * per group of `group` values (halved until it divides the width), NF4 codes with an fp16 absmax
  * scale, or u8 codes with fp16 scale and minimum. Decoding gives bit for bit numpy's float32 round trip.
  */
 class KvCompress(val dtype: String, val group: Int) {
@@ -94,7 +94,7 @@ class KvCompress(val dtype: String, val group: Int) {
         ((packed[at].toInt() and 0xff) or ((packed[at + 1].toInt() and 0xff) shl 8)).toShort()
 
     companion object {
-        /** QLoRA's NF4 levels as float32 (runtimes/kv_quant.py NF4_LEVELS). */
+        /** QLoRA's NF4 levels as float32 (runtimes/kv_format.py NF4_LEVELS). */
         val NF4_LEVELS = floatArrayOf(
             -1.0f, -0.6961928f, -0.52507305f, -0.3949175f, -0.28444138f, -0.18477343f, -0.091050036f, 0.0f,
             0.0795803f, 0.1609302f, 0.2461123f, 0.33791524f, 0.44070983f, 0.562617f, 0.72295684f, 1.0f,
