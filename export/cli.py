@@ -19,7 +19,7 @@ MIN_OPSET, MAX_OPSET = 23, 24  # the standard Attention op; the newest opset the
 TARGETS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "onnx": ("omnicoder.export.onnx_export", ("int4", "fp32", "fp16", "int8"), ("fp32", "fp16", "u8", "nf4")),
     "executorch": ("omnicoder.export.executorch_export", ("fp32", "8da4w"), ("buffer", "io")),
-    "coreml": ("omnicoder.export.coreml_export", ("fp16", "int4"), ("state", "stream")),
+    "coreml": ("omnicoder.export.coreml_export", ("fp16", "int4"), ("state", "io", "stream")),  # stream: alias of io
 }
 
 
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
         "--kv",
         default=None,
         help="onnx: KV dtype fp32 (default) | fp16 | u8 | nf4; executorch: buffer (default) | io; "
-        "coreml: state (default) | stream",
+        "coreml: state (default) | io (KV in / KV out; alias stream)",
     )
     p.add_argument(
         "--out",

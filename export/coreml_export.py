@@ -1,11 +1,12 @@
 """`omnicoder-export --target coreml`: model -> Core ML MLProgram (.mlpackage) -> bundle directory.
 
-    omnicoder-export --target coreml --weights fp16|int4 --kv state|stream [--deployment-target iOS17|iOS18]
+    omnicoder-export --target coreml --weights fp16|int4 --kv state|io [--deployment-target iOS17|iOS18]
                      [--max-seq-len N] --out DIR
 
 - `--kv state` (default, iOS18+): one function `main`, KV cache as the Core ML states `keyCache` / `valueCache`,
   inputs `inputIds` + `causalMask`, output `logits` (swift-transformers' stateful LanguageModel contract).
-- `--kv stream` (iOS17+): KV as explicit inputs/outputs (the ONNX graph's contract, Core ML-safe names), in a
+- `--kv io` (KV in / KV out, formerly `stream`, still accepted; iOS17+): KV as explicit inputs/outputs (the I/O
+  contract of omnicoder.io_contract, Core ML-safe names; the manifest's kv_mode keeps the name "stream"), in a
   multifunction package: `prefill` (no past) and `decode` (the default function), sharing their weights.
 - Attention: the iOS18 MIL `scaled_dot_product_attention`, one per layer (iOS17 decomposes it); MLA through the
   `omnicoder_coreml::mla` custom op (see coreml_ops.py).
@@ -42,7 +43,10 @@ from omnicoder.fsutil import atomic_directory
 from omnicoder.kv_quant import KVQuantSpec
 
 WEIGHT_MODES = ("fp16", "int4")
-KV_MODES = ("state", "stream")
+KV_MODES = ("state", "io")
+KV_ALIASES = {"stream": "io"}  # the earlier name of --kv io
+# graph.coreml.kv_mode and the package metadata, as apps and runtimes/coreml_check.py read them (format unchanged)
+BUNDLE_KV_MODE = {"state": "state", "io": "stream"}
 DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
 MIN_CAPACITY = 8
 
@@ -64,6 +68,7 @@ class CoreMLExportOptions:
             raise OmniCoderError(
                 f"--weights {self.weights} is unknown for coreml; use one of {', '.join(WEIGHT_MODES)}"
             )
+        self.kv = KV_ALIASES.get(self.kv, self.kv)
         if self.kv not in KV_MODES:
             raise OmniCoderError(f"--kv {self.kv} is unknown for coreml; use {' or '.join(KV_MODES)}")
         if self.deployment_target not in DEPLOYMENT_TARGETS:
@@ -71,9 +76,7 @@ class CoreMLExportOptions:
                 f"--deployment-target {self.deployment_target} is unknown; use one of {', '.join(DEPLOYMENT_TARGETS)}"
             )
         if self.deployment_target == "iOS17" and self.kv == "state":
-            raise OmniCoderError(
-                "--kv state needs Core ML states (iOS18+); use --deployment-target iOS18 or --kv stream"
-            )
+            raise OmniCoderError("--kv state needs Core ML states (iOS18+); use --deployment-target iOS18 or --kv io")
         if self.deployment_target == "iOS17" and self.weights == "int4":
             raise OmniCoderError(
                 "--weights int4 (per-block constexpr_blockwise_shift_scale) needs iOS18+; "
@@ -92,7 +95,7 @@ def user_metadata(config: OmniCoderConfig, options: CoreMLExportOptions, capacit
     return {
         "omnicoder.bundle_format_version": str(FORMAT_VERSION),
         "omnicoder.attention": config.attention,
-        "omnicoder.kv_mode": options.kv,
+        "omnicoder.kv_mode": BUNDLE_KV_MODE[options.kv],
         "omnicoder.weights": options.weights,
         "rope_theta": str(config.rope_theta),
         "rope_scaling": json.dumps(config.to_dict()["rope_scaling"]),
@@ -115,7 +118,7 @@ def _kv_section(config: OmniCoderConfig, kv_mode: str) -> dict:
     from omnicoder.export.coreml_graph import coreml_name
 
     contract = kv_contract(config)
-    if kv_mode == "stream":
+    if kv_mode == "io":
         return {k: coreml_name(v) if isinstance(v, str) and "{layer}" in v else v for k, v in contract.items()}
     has_values = config.kv_value_dim > 0
     return {
@@ -175,7 +178,7 @@ def export_coreml_bundle(
     if options.kv == "state":
         programs = [coreml_graph.convert_stateful(model, capacity, options.native_mla)]
     else:
-        programs = coreml_graph.convert_stream(model, capacity, options.deployment_target, options.native_mla)
+        programs = coreml_graph.convert_kv_io(model, capacity, options.deployment_target, options.native_mla)
     stages.update(1)
     with atomic_directory(out) as tmp:
         stages.set_postfix_str("save .mlpackage")
@@ -205,7 +208,7 @@ def export_coreml_bundle(
             "kv": _kv_section(config, options.kv),
             "constraints": _constraints(options, capacity),
             "coreml": {
-                "kv_mode": options.kv,
+                "kv_mode": BUNDLE_KV_MODE[options.kv],
                 "deployment_target": options.deployment_target,
                 "max_seq_len": capacity,
                 "functions": [p.name for p in programs],
@@ -259,7 +262,9 @@ def _mla_note(config: OmniCoderConfig, options: CoreMLExportOptions) -> str | No
 def _package_info(config: OmniCoderConfig, options: CoreMLExportOptions, capacity: int) -> dict:
     return {
         "metadata": user_metadata(config, options, capacity),
-        "short_description": f"OmniCoder {config.name}: decode step, KV {options.kv}, {options.weights} weights",
+        "short_description": (
+            f"OmniCoder {config.name}: decode step, KV {BUNDLE_KV_MODE[options.kv]}, {options.weights} weights"
+        ),
         "version": __version__,
     }
 

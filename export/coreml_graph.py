@@ -7,13 +7,13 @@
   causal rule is also applied in-graph from those positions, so an all-zero mask is valid; negative entries hide
   more slots. MLA caches its latent rows in keyCache; values are rows[..., :kv_latent_dim], so valueCache is a
   [1, 1, 1, 1, 1] placeholder (zeroed each step) that exists only because swift-transformers needs both states.
-- stream (iOS17+): onnx_graph's `DecodeStep` (explicit KV in, present KV out, same contract as the ONNX graph,
-  names made Core ML-safe) as the `decode` function, plus a `prefill` function with no past inputs (Core ML has
-  no zero-length inputs); both live in one multifunction .mlpackage sharing their weights (iOS18), or in two
-  packages (iOS17 has no multifunction models).
+- io (`--kv io`, alias `stream`; iOS17+): `omnicoder.decode_step.DecodeStep` with `coreml_ops.KVIOSlot` (explicit KV
+  in, present KV out, the I/O contract of `omnicoder.io_contract`, names made Core ML-safe) as the `decode`
+  function, plus a `prefill` function with no past inputs (Core ML has no zero-length inputs); both live in one
+  multifunction .mlpackage sharing their weights (iOS18), or in two packages (iOS17 has no multifunction models).
 
-Quantized models (`omnicoder.quant.QuantLinear`) are traced under `ops.export_mode()`, so each quantized linear is an
-`omnicoder::quant_linear` node that coreml_ops lowers to int4 constexpr weights.
+Quantized models (`omnicoder.quant.QuantLinear`) are traced with `QuantLinearOp` swapped in, so each quantized linear
+is an `omnicoder::quant_linear` node that coreml_ops lowers to int4 constexpr weights.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omnicoder.export.coreml_ops import (
-    StateSlot,
-    mla_decompositions,
-    register_lowerings,
-    stream_attention,
-)
-from omnicoder.export.onnx_graph import DecodeStep, kv_names, output_names
+from omnicoder.export.coreml_ops import KVIOSlot, StateSlot, mla_decompositions, register_lowerings
 from torch import nn
 
-from omnicoder import ops
+from omnicoder.decode_step import DecodeStep
+from omnicoder.io_contract import INPUT_IDS, LOGITS, MTP_LOGITS, POSITION_IDS, RETENTION, kv_names, output_names
 from omnicoder.model import OmniCoder
+from omnicoder.module_swap import swapped_modules
+from omnicoder.quant import as_op_form
 
 PACKAGE = "model.mlpackage"
 
@@ -81,6 +78,9 @@ class StatefulStep(nn.Module):
 class PrefillStep(DecodeStep):
     """DecodeStep with an empty past: forward(input_ids, position_ids) -> the same outputs."""
 
+    def __init__(self, model: OmniCoder) -> None:
+        super().__init__(model, slot_class=KVIOSlot)
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor):  # type: ignore[override]
         c = self.model.config
         widths = [c.kv_key_dim, c.kv_value_dim] if self.has_values else [c.kv_key_dim]
@@ -88,9 +88,14 @@ class PrefillStep(DecodeStep):
         return super().forward(input_ids, position_ids, empty)
 
 
+def decode_step(model: OmniCoder) -> DecodeStep:
+    """The `decode` function's module: KV in, present KV out, Core ML attention."""
+    return DecodeStep(model, slot_class=KVIOSlot)
+
+
 def _export(module: nn.Module, args: tuple, dynamic_shapes, native_mla: bool):
-    """torch.export with the quantized linears as `omnicoder::quant_linear` nodes (ops.export_mode)."""
-    with ops.export_mode(), warnings.catch_warnings(), torch.no_grad():
+    """torch.export with the quantized linears as `omnicoder::quant_linear` nodes (quant.QuantLinearOp)."""
+    with swapped_modules(module, as_op_form), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
         return program.run_decompositions({} if native_mla else mla_decompositions())
@@ -155,16 +160,16 @@ def convert_stateful(model: OmniCoder, capacity: int, native_mla: bool = True) -
     )
 
 
-def _stream_output_specs(model: OmniCoder) -> list[dict]:
+def _kv_io_output_specs(model: OmniCoder) -> list[dict]:
     c = model.config
     _, present = kv_names(c)
     specs = []
     for name in output_names(c):
-        if name == "logits":
+        if name == LOGITS:
             shape = [1, "sequence", c.vocab_size]
-        elif name == "mtp_logits":
+        elif name == MTP_LOGITS:
             shape = [1, "sequence", c.n_mtp, c.vocab_size]
-        elif name == "retention":
+        elif name == RETENTION:
             shape = [1, "sequence", 3]
         elif name in present:
             width = c.kv_key_dim if name.endswith(".key") else c.kv_value_dim
@@ -175,7 +180,7 @@ def _stream_output_specs(model: OmniCoder) -> list[dict]:
     return specs
 
 
-def convert_stream(model: OmniCoder, capacity: int, target: str, native_mla: bool = True) -> list[Program]:
+def convert_kv_io(model: OmniCoder, capacity: int, target: str, native_mla: bool = True) -> list[Program]:
     """The `prefill` (no past) and `decode` (past >= 1 token) functions."""
     import coremltools as ct
     import numpy as np
@@ -186,39 +191,38 @@ def convert_stream(model: OmniCoder, capacity: int, target: str, native_mla: boo
     past_names, _ = kv_names(c)
     widths = [c.kv_key_dim, c.kv_value_dim] if c.kv_value_dim else [c.kv_key_dim]
     widths = widths * c.n_layers
-    out_specs = _stream_output_specs(model)
+    out_specs = _kv_io_output_specs(model)
     outputs = [ct.TensorType(name=s["name"], dtype=np.float16) for s in out_specs]
     seq = torch.export.Dim("sequence", min=1, max=capacity)
     ids = torch.zeros(1, 2, dtype=torch.int32)
     positions = torch.tensor([[3, 4]], dtype=torch.int32)
-    token_specs = [_spec("input_ids", "int32", [1, "sequence"]), _spec("position_ids", "int32", [1, "sequence"])]
+    token_specs = [_spec(INPUT_IDS, "int32", [1, "sequence"]), _spec(POSITION_IDS, "int32", [1, "sequence"])]
     programs = []
-    with stream_attention():
-        seq_dim = ct.RangeDim(1, capacity, default=1)
-        token_inputs = [
-            ct.TensorType(name="input_ids", shape=(1, seq_dim), dtype=np.int32),
-            ct.TensorType(name="position_ids", shape=(1, seq_dim), dtype=np.int32),
-        ]
-        prefill = _export(
-            PrefillStep(model.eval()), (ids, positions), {"input_ids": {1: seq}, "position_ids": {1: seq}}, native_mla
-        )
-        mlmodel = _convert(prefill, token_inputs, outputs, None, ct_target, ct)
-        programs.append(Program("prefill", mlmodel, token_specs, out_specs))
-        past = torch.export.Dim("past_sequence", min=1, max=capacity)
-        kv = [torch.zeros(1, c.kv_heads, 3, w) for w in widths]
-        dynamic = {"input_ids": {1: seq}, "position_ids": {1: seq}, "past": [{2: past} for _ in kv]}
-        decode = _export(DecodeStep(model.eval()), (ids, positions, kv), dynamic, native_mla)
-        past_dim = ct.RangeDim(1, capacity, default=1)
-        kv_inputs = [
-            ct.TensorType(name=coreml_name(n), shape=(1, c.kv_heads, past_dim, w), dtype=np.float16)
-            for n, w in zip(past_names, widths, strict=True)
-        ]
-        mlmodel = _convert(decode, token_inputs + kv_inputs, outputs, None, ct_target, ct)
-        kv_specs = [
-            _spec(coreml_name(n), "float16", [1, c.kv_heads, "past_sequence", w])
-            for n, w in zip(past_names, widths, strict=True)
-        ]
-        programs.append(Program("decode", mlmodel, token_specs + kv_specs, out_specs))
+    seq_dim = ct.RangeDim(1, capacity, default=1)
+    token_inputs = [
+        ct.TensorType(name=INPUT_IDS, shape=(1, seq_dim), dtype=np.int32),
+        ct.TensorType(name=POSITION_IDS, shape=(1, seq_dim), dtype=np.int32),
+    ]
+    prefill = _export(
+        PrefillStep(model.eval()), (ids, positions), {INPUT_IDS: {1: seq}, POSITION_IDS: {1: seq}}, native_mla
+    )
+    mlmodel = _convert(prefill, token_inputs, outputs, None, ct_target, ct)
+    programs.append(Program("prefill", mlmodel, token_specs, out_specs))
+    past = torch.export.Dim("past_sequence", min=1, max=capacity)
+    kv = [torch.zeros(1, c.kv_heads, 3, w) for w in widths]
+    dynamic = {INPUT_IDS: {1: seq}, POSITION_IDS: {1: seq}, "past": [{2: past} for _ in kv]}
+    decode = _export(decode_step(model.eval()), (ids, positions, kv), dynamic, native_mla)
+    past_dim = ct.RangeDim(1, capacity, default=1)
+    kv_inputs = [
+        ct.TensorType(name=coreml_name(n), shape=(1, c.kv_heads, past_dim, w), dtype=np.float16)
+        for n, w in zip(past_names, widths, strict=True)
+    ]
+    mlmodel = _convert(decode, token_inputs + kv_inputs, outputs, None, ct_target, ct)
+    kv_specs = [
+        _spec(coreml_name(n), "float16", [1, c.kv_heads, "past_sequence", w])
+        for n, w in zip(past_names, widths, strict=True)
+    ]
+    programs.append(Program("decode", mlmodel, token_specs + kv_specs, out_specs))
     return programs
 
 

@@ -7,22 +7,22 @@
   the exporter decomposes it with `mla_composite` instead (the fallback, which coremltools also turns into SDPA).
 - GQA layers call `grouped_sdpa`: the query heads of each KV head become extra query rows, so MIL's SDPA (which
   needs equal batch/head dims and takes no `scale`) runs once per layer without copying K/V.
-- `StateSlot` (stateful models) writes a layer's new keys into the stacked `keyCache` / `valueCache` buffers at
-  slots [end - T, end) and attends over slots [0, end); `stream_attention()` swaps `ops.cached_attention` /
-  `ops.latent_attention` while a KV-in/KV-out graph is traced.
+- The KV-slot classes (`omnicoder.kv_slot`): `StateSlot` (stateful models) writes a layer's new keys into the
+  stacked `keyCache` / `valueCache` buffers at slots [end - T, end) and attends over slots [0, end); `KVIOSlot`
+  (`--kv io`: KV in, present KV out) concatenates past and new and attends the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from omnicoder import ops
+from omnicoder.kv_slot import PastKV
+from omnicoder.ops import causal_mask, newest_positions
 from omnicoder.static_kv import StaticKVSlot
 
 MASKED = -30000.0  # additive mask value: large enough for softmax, safe in fp16 (coremltools uses the same)
@@ -89,7 +89,7 @@ def register_lowerings() -> None:
 
     - `omnicoder_coreml::mla` -> one MIL `scaled_dot_product_attention` (all heads as query rows of the one latent
       KV head; the scale folded into the query, since the MIL op always uses 1/sqrt(E)).
-    - `omnicoder::quant_linear` / `quant_linear_zp` (`ops.export_mode`) -> `constexpr_blockwise_shift_scale` (the
+    - `omnicoder::quant_linear` / `quant_linear_zp` (`quant.QuantLinearOp`) -> `constexpr_blockwise_shift_scale` (the
       model's own int4/int8 codes and per-block scales in fp16; with zero points: unsigned codes and fp16 offsets,
       a GGUF Q4_1 block) feeding `linear`: the codes PyTorch and the other targets use, rounded once.
     - `omnicoder_coreml::quant_embedding` -> `gather` over the same kind of constexpr table; a tied embedding passes
@@ -184,16 +184,6 @@ def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     return (1.0 - allowed.to(torch.float32)) * MASKED
 
 
-def causal_allowed(q_pos: torch.Tensor, n_slots, window: int) -> torch.Tensor:
-    """[T, S] bool: the query at cache slot q_pos[t] sees slots 0..q_pos[t] (the last `window` when > 0)."""
-    slots = torch.arange(n_slots).unsqueeze(0)
-    pos = q_pos.unsqueeze(1)
-    allowed = slots <= pos
-    if window > 0:
-        allowed = allowed & (pos - slots < window)
-    return allowed
-
-
 def grouped_sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):
     """GQA attention as one SDPA: q [B, Hq, T, D] over keys/values [B, Hkv, S, D*] with additive mask [T, S]."""
     _, hq, t, d = q.shape
@@ -225,7 +215,7 @@ class StateSlot(StaticKVSlot):
 
     def mask(self, window: int) -> torch.Tensor:
         """[T, end] additive: causal by position, plus the caller's causalMask."""
-        return additive_mask(causal_allowed(self.input_pos, self.end, window)) + self.extra_mask
+        return additive_mask(causal_mask(self.input_pos, self.end, window)) + self.extra_mask
 
     def update(self, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         cache[self.layer, :, :, self.end - new.shape[2] : self.end] = new
@@ -242,31 +232,19 @@ class StateSlot(StaticKVSlot):
 # ---- KV-in / KV-out graphs -----------------------------------------------------------------------------
 
 
-def _cat(past: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    return new if past is None or past.shape[2] == 0 else torch.cat((past, new), dim=2)
+class KVIOSlot(PastKV):
+    """One layer's past KV tensors (KV in / KV out): past + new by concatenation, attended like StateSlot."""
 
+    @staticmethod
+    def mask(q_len, kv_len, window: int) -> torch.Tensor:
+        """[T, S] additive, bottom-right causal."""
+        return additive_mask(causal_mask(newest_positions(q_len, kv_len), kv_len, window))
 
-def _stream_mask(t: int, total, window: int) -> torch.Tensor:
-    return additive_mask(causal_allowed(torch.arange(t) + (total - t), total, window))
+    @staticmethod
+    def sdpa(q, keys, values, scale: float, window: int) -> torch.Tensor:
+        return grouped_sdpa(q, keys, values, KVIOSlot.mask(q.shape[2], keys.shape[2], window), scale)
 
-
-def _stream_cached_attention(q, k, v, past_k, past_v, scale: float, window: int = 0):
-    keys, values = _cat(past_k, k), _cat(past_v, v)
-    return grouped_sdpa(q, keys, values, _stream_mask(q.shape[2], keys.shape[2], window), scale), keys, values
-
-
-def _stream_latent_attention(q, row, past_rows, latent_dim: int, scale: float, window: int = 0):
-    rows = _cat(past_rows, row)
-    mask = _stream_mask(q.shape[2], rows.shape[2], window)
-    return torch.ops.omnicoder_coreml.mla(q, rows, mask, latent_dim, scale), rows
-
-
-@contextlib.contextmanager
-def stream_attention() -> Iterator[None]:
-    """While tracing a KV-in/KV-out graph, route the attention boundaries to the Core ML forms above."""
-    saved = ops.cached_attention, ops.latent_attention
-    ops.cached_attention, ops.latent_attention = _stream_cached_attention, _stream_latent_attention
-    try:
-        yield
-    finally:
-        ops.cached_attention, ops.latent_attention = saved
+    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+        rows = self.rows(row)
+        mask = self.mask(q.shape[2], rows.shape[2], window)
+        return torch.ops.omnicoder_coreml.mla(q, rows, mask, latent_dim, scale), rows

@@ -28,6 +28,16 @@ from tqdm import tqdm
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
+from omnicoder.io_contract import (
+    INPUT_IDS,
+    LOGITS,
+    MTP_LOGITS,
+    POSITION_IDS,
+    RETENTION,
+    kv_names,
+    output_names,
+    query_names,
+)
 
 WEIGHT_MODES = ("fp32", "8da4w")
 KV_MODES = ("buffer", "io")
@@ -46,7 +56,7 @@ class ExecuTorchExportOptions:
     attention: str = "fused"  # fused: llama::update_cache + llama::custom_sdpa; reference: decomposed SDPA
     page_len: int = DEFAULT_PAGE_LEN
     qparams: str = "affine"  # torchao's intx_choose_qparams_algorithm for 8da4w: affine | hqq_scale_only
-    delegate_norms: bool = True  # RMSNorm as XNNPACK-delegable ops (executorch_program.DelegatedRMSNorm)
+    delegate_norms: bool = True  # RMSNorm as XNNPACK-delegable ops (RMSNorm.delegable)
     quantize_lm_head: bool | None = None  # 8da4w LM head; None: only over a vocab > 1024 (tied or not)
     quantize_embedding: bool | None = None  # 8da4w: weight-only embedding; None: only over a vocab > 1024
     embedding_bits: int = 8  # 8 (embedding_byte) or 4 (embedding_4bit), groups of 32
@@ -159,20 +169,17 @@ def _trace_buffer(model, options: ExecuTorchExportOptions):
 def _trace_io(model, options: ExecuTorchExportOptions):
     """torch.export the KV-in/KV-out decode step (batch 1; sequence and past_sequence dynamic)."""
     import torch
-    from omnicoder.export.executorch_program import IOStep, io_decompositions
-    from omnicoder.export.onnx_graph import example_inputs
+    from omnicoder.export.executorch_program import IOStep
 
-    from omnicoder import ops
+    from omnicoder.decode_step import example_inputs
 
     ids, positions, past = example_inputs(model.config, batch=1, seq=3, past=5)
     seq = torch.export.Dim("sequence", min=1, max=options.max_seq_len)
     past_len = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
-    shapes = {"input_ids": {1: seq}, "position_ids": {1: seq}, "past": tuple({2: past_len} for _ in past)}
-    with ops.export_mode():
-        program = torch.export.export(
-            IOStep(model).eval(), (ids, positions, *past), dynamic_shapes=shapes, strict=False
-        )
-    return program.run_decompositions(io_decompositions(options.attention)), []
+    shapes = {INPUT_IDS: {1: seq}, POSITION_IDS: {1: seq}, "past": tuple({2: past_len} for _ in past)}
+    step = IOStep(model, options.attention).eval()
+    program = torch.export.export(step, (ids, positions, *past), dynamic_shapes=shapes, strict=False)
+    return program.run_decompositions({}), []
 
 
 def _op_name(node) -> str:
@@ -269,21 +276,19 @@ def _program_io(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> tu
             {"name": "input_pos", "dtype": "int64", "shape": [1]},
         ]
         return inputs, [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", config.vocab_size]}]
-    from omnicoder.export.onnx_graph import kv_names, output_names
-
     past, present = kv_names(config)
     c, seq = config, "sequence"
     inputs = [
-        {"name": "input_ids", "dtype": "int64", "shape": [1, seq]},
-        {"name": "position_ids", "dtype": "int64", "shape": [1, seq]},
+        {"name": INPUT_IDS, "dtype": "int64", "shape": [1, seq]},
+        {"name": POSITION_IDS, "dtype": "int64", "shape": [1, seq]},
     ]
     widths = [c.kv_key_dim, c.kv_value_dim] * c.n_layers if c.kv_value_dim else [c.kv_key_dim] * c.n_layers
     inputs += [
         {"name": n, "dtype": "float32", "shape": [1, c.kv_heads, "past_sequence", w]} for n, w in zip(past, widths)
     ]
-    shapes = {"logits": [1, seq, c.vocab_size], "mtp_logits": [1, seq, c.n_mtp, c.vocab_size], "retention": [1, seq, 3]}
+    shapes = {LOGITS: [1, seq, c.vocab_size], MTP_LOGITS: [1, seq, c.n_mtp, c.vocab_size], RETENTION: [1, seq, 3]}
     shapes |= {n: [1, c.kv_heads, "total_sequence", w] for n, w in zip(present, widths)}
-    shapes |= {f"query.{i}": [1, c.n_heads, seq, c.kv_key_dim] for i in range(c.n_layers)}
+    shapes |= {n: [1, c.n_heads, seq, c.kv_key_dim] for n in query_names(c)}
     outputs = [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in output_names(config)]
     return inputs, outputs
 
@@ -345,7 +350,7 @@ def export_executorch_bundle(
     8da4w quantizes the model's linears in place: pass a copy to keep the float model.
     """
     import torch
-    from omnicoder.export.executorch_program import delegated_norms, load_custom_ops
+    from omnicoder.export.executorch_program import delegable_norms, load_custom_ops
 
     config: OmniCoderConfig = model.config
     options.validate(config)
@@ -365,7 +370,7 @@ def export_executorch_bundle(
         warnings.simplefilter("ignore")
         stages.set_postfix_str("torch.export")
         trace = _trace_buffer if options.kv == "buffer" else _trace_io
-        with delegated_norms(model) if options.delegate_norms else contextlib.nullcontext():
+        with delegable_norms(model) if options.delegate_norms else contextlib.nullcontext():
             program, buffers = trace(model, options)
         stages.update(1)
         stages.set_postfix_str("XNNPACK lowering + .pte emission")

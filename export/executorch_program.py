@@ -7,9 +7,10 @@
   token (key buffers only); custom_sdpa needs V as wide as K, so it attends with V = the whole row and keeps
   the first kv_latent_dim output columns (exact: those columns are the latent part).
   `--attention reference` keeps `static_kv.StaticKVSlot` (slice assignment + masked SDPA, decomposed).
-- `--kv io`: `export.onnx_graph.DecodeStep` (explicit past/present KV tensors, the ONNX contract); its
-  `omnicoder::cached_attention` / `latent_attention` boundaries are decomposed by `io_decompositions`,
-  onto `llama::custom_sdpa` (fused) or plain masked SDPA (reference).
+- `--kv io`: `omnicoder.decode_step.DecodeStep` (explicit past/present KV tensors, the I/O contract of
+  `omnicoder.io_contract`) with `IOKVSlot`: attention on `llama::custom_sdpa` (fused) or plain masked SDPA
+  (reference).
+- `delegable_norms`: every RMSNorm in its XNNPACK-delegable form while tracing (`omnicoder.layers.RMSNorm`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnicoder.decode_step import DecodeStep
+from omnicoder.kv_slot import PastKV
 from omnicoder.layers import RMSNorm
 from omnicoder.model import OmniCoder
+from omnicoder.ops import causal_mask, newest_positions
 from omnicoder.static_kv import StaticCacheDecoder, StaticKVSlot
 
 ATTENTION_MODES = ("fused", "reference")
@@ -38,38 +42,17 @@ def float_mask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, 0.0, float("-inf")).to(torch.float32)
 
 
-class DelegatedRMSNorm(nn.Module):
-    """RMSNorm as ops XNNPACK delegates: the mean of squares as a linear layer against 1/d.
-
-    F.rms_norm decomposes into mean.dim over the last axis, which XNNPACK takes only for 4-D tensors
-    (global average pooling), so each norm would split the delegate. Same math, fp32.
-    """
-
-    def __init__(self, norm: RMSNorm) -> None:
-        super().__init__()
-        dim = norm.weight.shape[0]
-        self.weight = norm.weight
-        self.register_buffer("average", torch.full((1, dim), 1.0 / dim), persistent=False)
-        self.register_buffer("eps", torch.tensor([norm.eps]), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(F.linear(x * x, self.average) + self.eps) * self.weight
-
-
 @contextlib.contextmanager
-def delegated_norms(model: nn.Module) -> Iterator[int]:
-    """Swap every RMSNorm for DelegatedRMSNorm while tracing; restore them afterwards. Yields the count."""
-    swapped = []
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, RMSNorm):
-                setattr(parent, name, DelegatedRMSNorm(child))
-                swapped.append((parent, name, child))
+def delegable_norms(model: nn.Module) -> Iterator[int]:
+    """Switch every RMSNorm to its XNNPACK-delegable form while tracing; back afterwards. Yields the count."""
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    for norm in norms:
+        norm.delegable(True)
     try:
-        yield len(swapped)
+        yield len(norms)
     finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
+        for norm in norms:
+            norm.delegable(False)
 
 
 class FusedKVSlot(StaticKVSlot):
@@ -84,9 +67,7 @@ class FusedKVSlot(StaticKVSlot):
         self.start = start
 
     def mask(self, window: int) -> torch.Tensor:
-        slots = torch.arange(self.key.shape[1], device=self.key.device).unsqueeze(0)
-        pos = self.input_pos.unsqueeze(1)
-        return (slots <= pos) & (pos - slots < window)
+        return causal_mask(self.input_pos, self.key.shape[1], window)
 
     def fused_sdpa(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, window: int):
         """q [B, Hq, T, D] over the caches -> [B, Hq, T, Dv]."""
@@ -139,64 +120,55 @@ class ExecuTorchCacheDecoder(StaticCacheDecoder):
         return StaticKVSlot(key, value, positions)
 
 
-# ---- --kv io: decompositions of the omnicoder:: attention boundaries ---------------------------------
-
-
-def _bottom_right_mask(q_len, kv_len, window: int, device) -> torch.Tensor:
-    q_idx = (torch.arange(q_len, device=device) + (kv_len - q_len)).unsqueeze(1)
-    k_idx = torch.arange(kv_len, device=device).unsqueeze(0)
-    allowed = k_idx <= q_idx
-    if window > 0:
-        allowed = allowed & (q_idx - k_idx < window)
-    return allowed
+# ---- --kv io ----------------------------------------------------------------------------------------------
 
 
 def _sdpa_any(q, keys, values, past_len, scale: float, window: int, fused: bool):
     """Causal attention of the T newest queries over keys/values [B, H, P + T, D] (bottom-right aligned)."""
+    mask = None
+    if window > 0 or not fused:
+        mask = causal_mask(newest_positions(q.shape[2], keys.shape[2], q.device), keys.shape[2], window)
     if fused:
         bshd = [t.transpose(1, 2).contiguous() for t in (q, keys, values)]
         if window > 0:
-            mask = float_mask(_bottom_right_mask(q.shape[2], keys.shape[2], window, q.device))
-            out = torch.ops.llama.custom_sdpa(*bshd, 0, mask, 0.0, False, scale)
+            out = torch.ops.llama.custom_sdpa(*bshd, 0, float_mask(mask), 0.0, False, scale)
         else:
             out = torch.ops.llama.custom_sdpa(*bshd, past_len, None, 0.0, True, scale)
         return out.transpose(1, 2)
-    mask = _bottom_right_mask(q.shape[2], keys.shape[2], window, q.device)
     gqa = q.shape[1] != keys.shape[1]
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
-def io_decompositions(attention: str) -> dict:
-    """run_decompositions table: omnicoder:: attention nodes -> ExecuTorch-runnable ops (no Python branches
-    on symbolic sizes, so batch, sequence and past stay dynamic)."""
-    fused = attention == "fused"
+class IOKVSlot(PastKV):
+    """`--kv io`: the past KV tensors, always concatenated with the new ones (no Python branch on the symbolic past
+    length, so batch, sequence and past stay dynamic), attended by `llama::custom_sdpa` (fused) or masked SDPA."""
 
-    def cached_attention(q, k, v, past_k, past_v, scale: float, window: int):
-        keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
-        return _sdpa_any(q, keys, values, past_k.shape[2], scale, window, fused), keys, values
+    fused = True
 
-    def latent_attention(q, row, past_rows, latent_dim: int, scale: float, window: int):
-        rows = torch.cat((past_rows, row), dim=2)
-        if fused:  # custom_sdpa needs V as wide as K: attend with the whole rows, keep the latent columns
-            out = _sdpa_any(q, rows, rows, past_rows.shape[2], scale, window, True)[..., :latent_dim]
-        else:
-            out = _sdpa_any(q, rows, rows[..., :latent_dim], past_rows.shape[2], scale, window, False)
-        return out, rows
+    @staticmethod
+    def extend(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat((past, new), dim=2)
 
-    return {
-        torch.ops.omnicoder.cached_attention.default: cached_attention,
-        torch.ops.omnicoder.latent_attention.default: latent_attention,
-    }
+    def sdpa(self, q, keys, values, scale: float, window: int) -> torch.Tensor:
+        return _sdpa_any(q, keys, values, self.key.shape[2], scale, window, self.fused)
+
+    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+        rows = self.rows(row)
+        if self.fused:  # custom_sdpa needs V as wide as K: attend with the whole rows, keep the latent columns
+            return self.sdpa(q, rows, rows, scale, window)[..., :latent_dim], rows
+        return self.sdpa(q, rows, rows[..., :latent_dim], scale, window), rows
+
+
+class ReferenceIOKVSlot(IOKVSlot):
+    fused = False
 
 
 class IOStep(nn.Module):
     """`DecodeStep` with a flat argument list (ExecuTorch methods take tensors, not lists)."""
 
-    def __init__(self, model: OmniCoder) -> None:
+    def __init__(self, model: OmniCoder, attention: str = "fused") -> None:
         super().__init__()
-        from omnicoder.export.onnx_graph import DecodeStep
-
-        self.step = DecodeStep(model)
+        self.step = DecodeStep(model, slot_class=IOKVSlot if attention == "fused" else ReferenceIOKVSlot)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
         return self.step(input_ids, position_ids, list(past))

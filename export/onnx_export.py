@@ -23,7 +23,7 @@ from omnicoder.export.bundle_writer import (
 from omnicoder.export.genai_config import write_genai_config
 from omnicoder.export.onnx_embedding import share_head_codes
 from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears, shared_buffer_attention
-from omnicoder.export.onnx_graph import export_decode_graph, kv_names
+from omnicoder.export.onnx_graph import export_decode_graph
 from omnicoder.export.onnx_logits import LOGITS_TO_KEEP, add_logits_to_keep
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
+from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, query_names
 from omnicoder.kv_quant import DEFAULT_ROTATION, KVQuantSpec
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
@@ -94,6 +95,7 @@ _DTYPES = {
 def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig, spec: KVQuantSpec) -> None:
     """Give the graph's dynamic I/O dimensions stable names (the exporter numbers them)."""
     past_in, present_out = kv_names(config, spec)
+    queries = set(query_names(config))
 
     def rename(value, names):
         for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=False):
@@ -102,14 +104,14 @@ def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig, spec: KVQuantSpe
                 dim.dim_param = name
 
     for value in model.graph.input:
-        if value.name in ("input_ids", "position_ids"):
+        if value.name in (INPUT_IDS, POSITION_IDS):
             rename(value, ["batch", "sequence"])
         elif value.name in past_in:
             rename(value, ["batch", None, "past_sequence", None])
     for value in model.graph.output:
         if value.name in present_out:
             rename(value, ["batch", None, "total_sequence", None])
-        elif value.name.startswith("query."):
+        elif value.name in queries:
             rename(value, ["batch", None, "sequence", None])
         else:
             rename(value, ["batch", "sequence"])

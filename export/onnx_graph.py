@@ -8,7 +8,9 @@ Outputs: logits [batch, sequence, vocab], present.{i}.key / .value [batch, kv_he
          queries against the cached key rows (predicted KV pages and H2O retention score with them).
 
 MLA models cache one latent row per token ([latent | RoPE key], one "head"), so they have key slots only
-(no .value inputs or outputs). The fused-op boundaries of `omnicoder.ops` are translated here:
+(no .value inputs or outputs). The names come from `omnicoder.io_contract`, the module from
+`omnicoder.decode_step`. The ONNX lowering is this exporter's KV-slot class (`kv_slot.CustomOpKV`: attention as
+`torch.ops.omnicoder.*` nodes), its module swap (`quant.QuantLinearOp`) and its translation table:
 `cached_attention` -> ONNX `Attention` (opset >= 23, past/present KV inputs, is_causal) or
 `com.microsoft.GroupQueryAttention`; `quant_linear` -> an `omnicoder.QuantLinear` placeholder node that
 `onnx_quant.py` lowers to the requested int4/int8 form.
@@ -20,106 +22,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from omnicoder import ops
 from omnicoder.config import OmniCoderConfig
+from omnicoder.decode_step import DecodeStep, example_inputs
 from omnicoder.errors import OmniCoderError
-from omnicoder.kv_quant import KVQuantSpec, QuantizedKVSlot, quantize
+from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, output_names
+from omnicoder.kv_quant import KVQuantSpec
+from omnicoder.kv_slot import CustomOpKV
 from omnicoder.model import OmniCoder
+from omnicoder.module_swap import swapped_modules
+from omnicoder.quant import as_op_form
 
 ATTENTION_OPS = ("onnx", "ort-gqa")
-
-
-def kv_slots(config: OmniCoderConfig) -> list[tuple[int, str, int]]:
-    """(layer, "key" | "value", row width) of every cached tensor, in graph order."""
-    slots = [("key", config.kv_key_dim)] + ([("value", config.kv_value_dim)] if config.kv_value_dim > 0 else [])
-    return [(i, name, width) for i in range(config.n_layers) for name, width in slots]
-
-
-def kv_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> tuple[list[str], list[str]]:
-    """Graph input and output names of the KV tensors, in order (quantized KV: codes, then scales ...)."""
-    spec = spec or KVQuantSpec()
-    inputs, outputs = [], []
-    for i, slot, width in kv_slots(config):
-        for suffix, _, _ in spec.components(width):
-            inputs.append(f"past_key_values.{i}.{slot}{suffix}")
-            outputs.append(f"present.{i}.{slot}{suffix}")
-    return inputs, outputs
-
-
-def output_names(config: OmniCoderConfig, spec: KVQuantSpec | None = None, queries: bool = True) -> list[str]:
-    names = ["logits"]
-    if config.n_mtp:
-        names.append("mtp_logits")
-    if config.retention_head:
-        names.append("retention")
-    return names + kv_names(config, spec)[1] + (query_names(config) if queries else [])
-
-
-def query_names(config: OmniCoderConfig) -> list[str]:
-    return [f"query.{i}" for i in range(config.n_layers)]
-
-
-class DecodeStep(nn.Module):
-    """The model with flat KV inputs and outputs, as the graph's I/O contract lays them out.
-
-    With a fp16/u8/nf4 `spec` the KV inputs and outputs are the stored (quantized) tensors of
-    `omnicoder.kv_quant`; new tokens are quantized and the past dequantized inside the graph.
-    """
-
-    def __init__(self, model: OmniCoder, spec: KVQuantSpec | None = None, queries: bool = True) -> None:
-        super().__init__()
-        self.model = model
-        self.queries = queries
-        self.spec = spec or KVQuantSpec()
-        self.has_values = model.config.kv_value_dim > 0
-        config = model.config
-        self.parts = [len(self.spec.components(width)) for _, _, width in kv_slots(config)]
-
-    def _layer_inputs(self, past: list[torch.Tensor]) -> list:
-        if self.spec.dtype == "fp32":
-            if self.has_values:
-                return [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-            return [(k, k[..., :0]) for k in past]
-        groups, start = [], 0
-        for n in self.parts:
-            groups.append(list(past[start : start + n]))
-            start += n
-        if self.has_values:
-            return [QuantizedKVSlot(self.spec, groups[2 * i], groups[2 * i + 1]) for i in range(len(groups) // 2)]
-        return [QuantizedKVSlot(self.spec, g, None) for g in groups]
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, past: list[torch.Tensor]):
-        layers = self._layer_inputs(past)
-        out = self.model(input_ids, position_ids, layers)
-        results = [out.logits]
-        if out.mtp_logits is not None:
-            results.append(out.mtp_logits)
-        if out.retention is not None:
-            results.append(out.retention)
-        if self.spec.dtype == "fp32":
-            for key, value in out.present_kv:
-                results.append(key)
-                if self.has_values:
-                    results.append(value)
-        else:
-            for slot in layers:
-                for stored in slot.present:
-                    results.extend(stored)
-        if self.queries:
-            results.extend(out.queries)
-        return tuple(results)
-
-
-def example_inputs(config: OmniCoderConfig, batch: int = 2, seq: int = 3, past: int = 5, spec=None):
-    spec = spec or KVQuantSpec()
-    ids = torch.randint(0, 256, (batch, seq))
-    positions = torch.arange(past, past + seq).expand(batch, seq).contiguous()
-    kv = []
-    for _, _, width in kv_slots(config):
-        kv.extend(quantize(torch.randn(batch, config.kv_heads, past, width), spec))
-    return ids, positions, kv
 
 
 # ---- translations of the fused-op boundaries --------------------------------------------------------
@@ -290,7 +204,7 @@ def export_decode_graph(
         raise OmniCoderError(f"--opset {opset} has no standard Attention op; use 23 or 24")
     if attention_op == "ort-gqa" and config.kv_value_dim != config.kv_key_dim:
         raise OmniCoderError("--attention ort-gqa needs equal key and value widths; MLA models use --attention onnx")
-    step = DecodeStep(model.eval(), kv_spec, queries)
+    step = DecodeStep(model.eval(), kv_spec, queries, slot_class=CustomOpKV)
     ids, positions, kv = example_inputs(config, spec=kv_spec)
     batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
     dynamic_shapes = {
@@ -298,8 +212,8 @@ def export_decode_graph(
         "position_ids": {0: batch, 1: seq},
         "past": [{0: batch, 2: past} for _ in kv],
     }
-    in_names = ["input_ids", "position_ids", *kv_names(config, kv_spec)[0]]
-    with ops.export_mode(), warnings.catch_warnings(), torch.no_grad():
+    in_names = [INPUT_IDS, POSITION_IDS, *kv_names(config, kv_spec)[0]]
+    with swapped_modules(model, as_op_form), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             step,

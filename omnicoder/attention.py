@@ -1,9 +1,9 @@
 """The two attention kinds behind one interface.
 
-Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's past
-cache entry (key, value) in BNSH layout, and return an `AttentionResult`: the output [B, T, d], the new entry
-for the T tokens, the present entry for past + new tokens as the fused attention op produced it, and the
-queries in the cached keys' space (what a runtime scores KV pages with, Quest-style).
+Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's KV slot
+(`omnicoder.kv_slot`: the one attention boundary), and return an `AttentionResult`: the output [B, T, d], the new
+entry for the T tokens, the present entry for past + new tokens as the slot produced it, and the queries in the
+cached keys' space (what a runtime scores KV pages with, Quest-style).
 
 - GQA caches key [B, n_kv_heads, T, head_dim] and value of the same shape.
 - MLA caches one row per token: key = [latent (kv_latent_dim) | rotated RoPE key (rope_head_dim)] as
@@ -21,10 +21,10 @@ from torch import nn
 
 from omnicoder import ops
 from omnicoder.config import OmniCoderConfig
+from omnicoder.kv_slot import KVSlot, LayerKV
 from omnicoder.layers import RMSNorm
 from omnicoder.rope import apply_rope
 
-LayerKV = tuple[torch.Tensor, torch.Tensor]  # or an in-program cache slot (omnicoder.static_kv.StaticKVSlot)
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -48,7 +48,7 @@ class GroupedQueryAttention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> AttentionResult:
+    def forward(self, x: torch.Tensor, rotary: Rotary, slot: KVSlot) -> AttentionResult:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -56,12 +56,7 @@ class GroupedQueryAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        if hasattr(past, "attend"):  # an in-program cache (omnicoder.static_kv)
-            out, keys, values = past.attend(q, k, v, scale, self.window)
-        else:
-            past_k, past_v = (None, None) if past is None else past
-            out, keys, values = ops.cached_attention(q, k, v, past_k, past_v, scale, self.window)
+        out, keys, values = slot.attend(q, k, v, 1.0 / math.sqrt(self.head_dim), self.window)
         return AttentionResult(self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values), q)
 
 
@@ -90,7 +85,7 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
         self.scale = 1.0 / math.sqrt(c.head_dim + c.rope_head_dim)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, past: LayerKV | None) -> AttentionResult:
+    def forward(self, x: torch.Tensor, rotary: Rotary, slot: KVSlot) -> AttentionResult:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split((self.head_dim, self.rope_dim), dim=-1)
@@ -98,30 +93,17 @@ class LatentAttention(nn.Module):
         latent, k_rope = self.kv_down(x).split((self.latent_dim, self.rope_dim), dim=-1)
         k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
         row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
+        # the absorbed query [W_uk-absorbed query | rotated RoPE query] attends over the latent rows
         query = torch.cat((torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up), q_rope), dim=-1)
-        if hasattr(past, "attend_latent"):  # an in-program cache (omnicoder.static_kv), absorbed form
-            ctx_latent, rows = past.attend_latent(query, row, self.latent_dim, self.scale, self.window)
-            out = torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
-            empty = row[..., :0]
-            return AttentionResult(
-                self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (row, empty), (rows, empty), query
-            )
-        past_rows = None if past is None else past[0]
         if self.absorbed:
-            out, rows = self._absorbed(query, row, past_rows)
+            ctx_latent, rows = slot.attend_latent(query, row, self.latent_dim, self.scale, self.window)
+            out = torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
         else:
-            rows = ops.kv_update(past_rows, row)
+            rows = slot.rows(row)
             out = self._naive(q_nope, q_rope, rows)
-        empty = row[..., :0]
         out = self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
-        return AttentionResult(out, (row, empty), (rows, rows[..., :0]), query)
-
-    def _absorbed(
-        self, query: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query = [W_uk-absorbed query | rotated RoPE query], attending over the latent rows."""
-        ctx_latent, rows = ops.latent_attention(query, row, past_rows, self.latent_dim, self.scale, self.window)
-        return torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up), rows
+        empty = row[..., :0]  # MLA has no value tensors
+        return AttentionResult(out, (row, empty), (rows, empty), query)
 
     def _naive(self, q_nope: torch.Tensor, q_rope: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         latent, k_rope = rows.split((self.latent_dim, self.rope_dim), dim=-1)

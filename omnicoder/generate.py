@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from omnicoder.kv_cache import KVCache
 from omnicoder.model import OmniCoder
+from omnicoder.torch_kv_cache import TorchKVCache
 
 
 class TorchBackend:
@@ -16,11 +16,11 @@ class TorchBackend:
     def __init__(self, model: OmniCoder) -> None:
         self.model = model.eval()
         self.context_length = model.config.max_seq_len
-        self.cache = KVCache(model.config.n_layers)
+        self.cache = TorchKVCache(model.config.n_layers)
         self.n_mtp = model.config.n_mtp
 
     def reset(self) -> None:
-        self.cache = KVCache(self.model.config.n_layers)
+        self.cache = TorchKVCache(self.model.config.n_layers)
 
     @property
     def cache_length(self) -> int:

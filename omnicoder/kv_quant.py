@@ -13,9 +13,9 @@ Optionally the rows are rotated by a block Hadamard matrix of size `group` befor
 channels over the group). Attention scores are invariant when the queries get the same rotation, and the
 attention output is rotated back, so the rotation is exact without quantization.
 
-`QuantizedKVSlot` is handed to the attention modules as a layer's `past` (like `static_kv.StaticKVSlot`):
-it quantizes the new tokens, appends them to the quantized past, dequantizes everything and runs the fused
-attention boundary `ops.masked_attention` on the dequantized rows. New tokens
+`QuantizedKVSlot` is a layer's KV slot (`omnicoder.kv_slot`): it quantizes the new tokens, appends them to the
+quantized past, dequantizes everything and attends over the dequantized rows with the `sdpa` kernel it is given
+(eager reference, or the exporter's `omnicoder::masked_attention` node). New tokens
 attend to their own quantized form too, so prefill in one call or in chunks gives the same result and what
 later steps see is what was stored. A runtime keeps only the quantized tensors.
 """
@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from omnicoder import ops
 from omnicoder.errors import OmniCoderError
+from omnicoder.kv_slot import KVSlot
 from omnicoder.runtimes.kv_format import NF4_LEVELS as _NF4_LEVELS
+from omnicoder.runtimes.kv_format import group_for as _group_for
 
 KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
 ROTATIONS = ("none", "hadamard")
@@ -64,9 +65,7 @@ class KVQuantSpec:
 
     def group_for(self, width: int) -> int:
         """The group used for rows of `width`: the largest power of two <= `group` that divides it."""
-        g = self.group
-        while g > 1 and width % g:
-            g //= 2
+        g = _group_for(width, self.group)
         if g < 2 and self.quantized:
             raise OmniCoderError(f"KV rows of width {width} cannot be cut into groups; use --kv fp16")
         return g
@@ -148,12 +147,17 @@ def dequantize(parts: list[torch.Tensor], spec: KVQuantSpec, width: int) -> torc
 # ---- the decode-step slot -------------------------------------------------------------------------------
 
 
-class QuantizedKVSlot:
-    """One layer's past KV in stored (quantized) form; after the step, `present` holds past + new stored tensors."""
+class QuantizedKVSlot(KVSlot):
+    """One layer's past KV in stored (quantized) form; after the step, `present` holds past + new stored tensors.
+    `sdpa`: the attention over the dequantized rows (default: the eager reference, `KVSlot.sdpa`)."""
 
-    def __init__(self, spec: KVQuantSpec, past_key: list[torch.Tensor], past_value: list[torch.Tensor] | None):
+    def __init__(
+        self, spec: KVQuantSpec, past_key: list[torch.Tensor], past_value: list[torch.Tensor] | None, sdpa=None
+    ) -> None:
         self.spec, self.past_key, self.past_value = spec, past_key, past_value
         self.present: list[list[torch.Tensor]] = []
+        if sdpa is not None:
+            self.sdpa = sdpa
 
     def _store(self, past: list[torch.Tensor], new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantize new rows, append them; return (dequantized past, dequantized new)."""
@@ -173,7 +177,7 @@ class QuantizedKVSlot:
             v = rotate(v, gv)
         keys = torch.cat(self._store(self.past_key, k), dim=2)
         values = torch.cat(self._store(self.past_value, v), dim=2)
-        out = ops.masked_attention(q, keys, values, scale, window)
+        out = self.sdpa(q, keys, values, scale, window)
         return (rotate(out, gv) if gv else out), keys, values
 
     def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
@@ -183,5 +187,5 @@ class QuantizedKVSlot:
         if g:
             q, row = rotate(q, g), rotate(row, g)
         rows = torch.cat(self._store(self.past_key, row), dim=2)
-        out = ops.masked_attention(q, rows, rows[..., :latent_dim], scale, window)
+        out = self.sdpa(q, rows, rows[..., :latent_dim], scale, window)
         return (rotate(out, g) if g else out), rows

@@ -8,12 +8,26 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
+    """x / rms(x) * weight. `delegable(True)` switches to the same math, fp32, in ops XNNPACK delegates whole (the
+    mean of squares as a linear layer against 1/d): F.rms_norm decomposes into mean.dim over the last axis, which
+    XNNPACK takes only for 4-D tensors, so each norm would split the ExecuTorch delegate."""
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        # the delegable form's constants (non-persistent buffers; None in the default form)
+        self.register_buffer("average", None, persistent=False)  # [1, dim] of 1/dim
+        self.register_buffer("eps_tensor", None, persistent=False)  # [1] of eps
+
+    def delegable(self, on: bool) -> None:
+        dim = self.weight.shape[0]
+        self.average = torch.full((1, dim), 1.0 / dim) if on else None
+        self.eps_tensor = torch.tensor([self.eps]) if on else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.average is not None:
+            return x * torch.rsqrt(F.linear(x * x, self.average) + self.eps_tensor) * self.weight
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 

@@ -1,8 +1,9 @@
 """The OmniCoder decoder: the one definition of the network that generation and every exporter use.
 
 Decode-step API: `model(input_ids [B, T], positions [B, T], past)` where `past` is a list with one
-(key, value) cache entry per layer (or None), returns `DecoderOutput` with the logits, the new cache
-entries for the T tokens only, and the optional head outputs. Positions are absolute token positions.
+(key, value) cache entry or KV slot (`omnicoder.kv_slot`) per layer, or None; returns `DecoderOutput` with the
+logits, the new cache entries for the T tokens only, and the optional head outputs. Positions are absolute token
+positions.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnicoder.attention import AttentionResult, LayerKV, make_attention
+from omnicoder.attention import AttentionResult, make_attention
 from omnicoder.config import OmniCoderConfig
+from omnicoder.kv_slot import KVSlot, LayerKV, as_slot
 from omnicoder.layers import RMSNorm, SwiGLU
 from omnicoder.rope import RotaryEmbedding
 
@@ -40,8 +42,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rotary, past: LayerKV | None) -> tuple[torch.Tensor, AttentionResult]:
-        attn = self.attn(self.attn_norm(x), rotary, past)
+    def forward(self, x: torch.Tensor, rotary, slot: KVSlot) -> tuple[torch.Tensor, AttentionResult]:
+        attn = self.attn(self.attn_norm(x), rotary, slot)
         x = x + attn.out
         return x + self.mlp(self.mlp_norm(x)), attn
 
@@ -96,14 +98,14 @@ class OmniCoder(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        past: list[LayerKV] | None = None,
+        past: list[LayerKV | KVSlot] | None = None,
         heads: bool = True,
     ) -> DecoderOutput:
         x = self.embed(input_ids)
         rotary = self.rotary(positions)
         results: list[AttentionResult] = []
         for i, layer in enumerate(self.layers):
-            x, attn = layer(x, rotary, None if past is None else past[i])
+            x, attn = layer(x, rotary, as_slot(None if past is None else past[i]))
             results.append(attn)
         logits = self.lm_head(self.norm(x))
         out = DecoderOutput(

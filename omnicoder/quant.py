@@ -58,7 +58,8 @@ def quantize_weight_asym(weight: torch.Tensor, bits: int, block: int) -> tuple[t
 
 
 class QuantLinear(nn.Module):
-    """A linear layer with quantized weights; its forward is the `ops.quant_linear` boundary.
+    """A linear layer with quantized weights; its forward is the `ops.quant_linear` reference math (exporters swap
+    in `QuantLinearOp`, the same layer as one graph node).
 
     Symmetric (signed codes, `zero_points` None) unless built with zero points: then the codes are unsigned and
     w = (code - zero_point) * scale per block (asymmetric int4, or a GGUF Q4_1 block kept exactly)."""
@@ -91,6 +92,35 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, block={self.block}"
+
+
+class QuantLinearOp(QuantLinear):
+    """The same layer (the very tensors) as one `omnicoder::quant_linear` / `quant_linear_zp` node, which
+    `torch.export` keeps whole for an exporter to translate; swap it in with `as_op_form` (module_swap)."""
+
+    def __init__(self, layer: QuantLinear) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.bits, self.block = (
+            layer.in_features,
+            layer.out_features,
+            layer.bits,
+            layer.block,
+        )
+        for name in ("qweight", "scales", "zero_points"):
+            self.register_buffer(name, getattr(layer, name))
+        self.bias = layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zero_points is None:
+            y = torch.ops.omnicoder.quant_linear(x, self.qweight, self.scales, self.bits)
+        else:
+            y = torch.ops.omnicoder.quant_linear_zp(x, self.qweight, self.scales, self.zero_points, self.bits)
+        return y if self.bias is None else y + self.bias
+
+
+def as_op_form(module: nn.Module) -> nn.Module | None:
+    """module_swap replacement: a QuantLinear's single-node form (None keeps every other module)."""
+    return QuantLinearOp(module) if type(module) is QuantLinear else None
 
 
 PrequantizedBlocks = dict[str, tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]]

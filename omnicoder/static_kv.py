@@ -2,9 +2,8 @@
 
 The ONNX graph passes the KV cache in and out as tensors. ExecuTorch's LLM runners and Core ML's
 stateful models instead keep a fixed-capacity cache inside the program and write each step's new
-keys/values into it at the tokens' absolute positions. `StaticKVSlot` is that cache for one layer: the
-attention modules hand it their new entries (`attend` / `attend_latent`) instead of calling
-`ops.cached_attention`, so the network itself is unchanged. This is the reference implementation
+keys/values into it at the tokens' absolute positions. `StaticKVSlot` is that cache for one layer, a
+`kv_slot.KVSlot` like every other, so the network itself is unchanged. This is the reference implementation
 (slice assignment + masked SDPA, which both ExecuTorch and Core ML accept); an exporter may subclass it
 to map the update and attention onto its target's fused ops (e.g. `llama::update_cache` +
 `llama::custom_sdpa`).
@@ -19,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnicoder.kv_slot import KVSlot
 from omnicoder.model import OmniCoder
+from omnicoder.ops import causal_mask
 
 
-class StaticKVSlot:
+class StaticKVSlot(KVSlot):
     """One layer's in-program cache: key [B, H, S, Dk], value [B, H, S, Dv] (None for MLA's latent rows).
 
     Slot index == absolute position, so positions must stay below the capacity S.
@@ -33,12 +34,7 @@ class StaticKVSlot:
 
     def mask(self, window: int) -> torch.Tensor:
         """[T, S] boolean: query at position p sees slots 0..p (the last `window` of them when window > 0)."""
-        slots = torch.arange(self.key.shape[2], device=self.key.device).unsqueeze(0)
-        pos = self.input_pos.unsqueeze(1)
-        allowed = slots <= pos
-        if window > 0:
-            allowed = allowed & (pos - slots < window)
-        return allowed
+        return causal_mask(self.input_pos, self.key.shape[2], window)
 
     def update(self, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Write the new entries [B, H, T, D] at input_pos in place; return the whole cache."""
@@ -50,12 +46,10 @@ class StaticKVSlot:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(window), scale=scale, enable_gqa=gqa)
 
     def attend(self, q, k, v, scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GQA: store k, v; attend q over the cache. Returns (out, keys, values) like ops.cached_attention."""
         keys, values = self.update(self.key, k), self.update(self.value, v)
         return self.sdpa(q, keys, values, scale, window), keys, values
 
     def attend_latent(self, q, row, latent_dim: int, scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """MLA: store the latent rows; attend with V = rows[..., :latent_dim] (like ops.latent_attention)."""
         rows = self.update(self.key, row)
         return self.sdpa(q, rows, rows[..., :latent_dim], scale, window), rows
 

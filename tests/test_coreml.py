@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 from omnicoder.export.coreml_export import CoreMLExportOptions, export_coreml_bundle
-from omnicoder.export.coreml_graph import PrefillStep, StatefulStep
-from omnicoder.export.coreml_ops import stream_attention
-from omnicoder.export.onnx_graph import DecodeStep
+from omnicoder.export.coreml_graph import PrefillStep, StatefulStep, decode_step
 from omnicoder.runtimes.bundle import finalize_bundle, open_bundle
 from omnicoder.runtimes.coreml_check import check_coreml_bundle
 from omnicoder.runtimes.coreml_check import main as check_main
@@ -79,13 +77,13 @@ def test_stream_steps_match_the_model(name):
     model = tiny(name)
     ids = torch.randint(0, 256, (1, 8))
     n_kv = model.config.n_layers * (2 if model.config.kv_value_dim else 1)
-    with torch.no_grad(), stream_attention():
+    with torch.no_grad():
         full = model(ids, torch.arange(8)[None]).logits
         out = PrefillStep(model)(ids[:, :5].int(), torch.arange(5)[None].int())
         logits = [out[0]]
         present = list(out[-(n_kv + model.config.n_layers) : -model.config.n_layers])
         for t in range(5, 8):
-            out = DecodeStep(model)(ids[:, t : t + 1].int(), torch.tensor([[t]]).int(), present)
+            out = decode_step(model)(ids[:, t : t + 1].int(), torch.tensor([[t]]).int(), present)
             logits.append(out[0])
             present = list(out[-(n_kv + model.config.n_layers) : -model.config.n_layers])
     got = torch.cat(logits, dim=1)
@@ -118,7 +116,7 @@ def test_exported_program_keeps_the_kv_writes():
         ({"kv": "state", "deployment_target": "iOS17"}, "needs Core ML states (iOS18+)"),
         ({"kv": "stream", "weights": "int4", "deployment_target": "iOS17"}, "needs iOS18+"),
         ({"weights": "int8"}, "--weights int8 is unknown"),
-        ({"kv": "io"}, "--kv io is unknown"),
+        ({"kv": "buffer"}, "--kv buffer is unknown"),
         ({"deployment_target": "iOS16"}, "--deployment-target iOS16"),
         ({"max_seq_len": 4}, "too small"),
     ],

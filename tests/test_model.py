@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from omnicoder.config import OmniCoderConfig, RopeScaling
-from omnicoder.kv_cache import KVCache
 from omnicoder.model import OmniCoder
 from omnicoder.presets import gqa_test_config, mla_test_config
 from omnicoder.rope import RotaryEmbedding, apply_rope, rope_frequencies
+from omnicoder.torch_kv_cache import TorchKVCache
 
 
 def cached_logits(model, ids, positions, chunks):
-    cache, outs = KVCache(model.config.n_layers), []
+    cache, outs = TorchKVCache(model.config.n_layers), []
     for start, end in chunks:
         out = model(ids[:, start:end], positions[:, start:end], cache.past())
         cache.append(out.new_kv)

@@ -1,4 +1,4 @@
-"""A preallocated per-layer KV cache for reference generation in PyTorch.
+"""A preallocated per-layer KV cache for reference generation in PyTorch (the runtimes' caches are numpy).
 
 Holds the entries the model returns (BNSH key/value per layer) in buffers that grow by doubling, so
 appending a step copies only the new tokens; `truncate` rolls back rejected speculative tokens.
@@ -6,10 +6,10 @@ appending a step copies only the new tokens; `truncate` rolls back rejected spec
 
 from __future__ import annotations
 
-from omnicoder.attention import LayerKV
+from omnicoder.kv_slot import LayerKV
 
 
-class KVCache:
+class TorchKVCache:
     def __init__(self, n_layers: int) -> None:
         self.n_layers = n_layers
         self.length = 0
