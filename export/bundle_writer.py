@@ -14,6 +14,7 @@ from omnicoder.runtimes.stats import peak_rss_mb
 
 from omnicoder import __version__
 from omnicoder.config import OmniCoderConfig
+from omnicoder.io_contract import kv_templates
 from omnicoder.kv_quant import KVQuantSpec
 
 DEFAULT_PAGE_LEN = 64
@@ -80,11 +81,7 @@ def kv_contract(config: OmniCoderConfig, spec: KVQuantSpec | None = None) -> dic
         "heads": config.kv_heads,
         "key_dim": config.kv_key_dim,
         "value_dim": config.kv_value_dim,
-        "past_key": "past_key_values.{layer}.key",
-        "past_value": "past_key_values.{layer}.value" if has_values else None,
-        "present_key": "present.{layer}.key",
-        "present_value": "present.{layer}.value" if has_values else None,
-        "query": "query.{layer}",
+        **kv_templates(config),  # past_key, past_value, present_key, present_value, query
         "storage": storage,
     }
 

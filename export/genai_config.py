@@ -23,6 +23,7 @@ from pathlib import Path
 from omnicoder.export.bundle_tokenizer import tokenizer_section
 
 from omnicoder.config import OmniCoderConfig
+from omnicoder.io_contract import INPUT_IDS, LOGITS, POSITION_IDS, kv_names, past_name, present_name
 
 GENAI_CONFIG_FILE = "genai_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -33,9 +34,9 @@ def unsupported_reason(config: OmniCoderConfig, inputs: list[dict]) -> str | Non
     """Why onnxruntime-genai cannot run this graph, or None when it can."""
     if config.attention != "gqa":
         return "no genai_config.json: onnxruntime-genai cannot describe MLA's latent KV cache (no value slot)"
-    past = {f"past_key_values.{i}.{s}" for i in range(config.n_layers) for s in ("key", "value")}
+    past = set(kv_names(config)[0])
     names = {spec["name"] for spec in inputs}
-    extra = sorted(names - past - {"input_ids", "position_ids"})
+    extra = sorted(names - past - {INPUT_IDS, POSITION_IDS})
     if extra or not past <= names:
         shown = ", ".join(extra[:2]) + (", ..." if len(extra) > 2 else "")
         return f"no genai_config.json: the graph has inputs onnxruntime-genai does not feed ({shown})"
@@ -68,15 +69,15 @@ def genai_config(
                 "num_hidden_layers": c.n_layers,
                 "num_key_value_heads": c.n_kv_heads,
                 "inputs": {
-                    "input_ids": "input_ids",
-                    "position_ids": "position_ids",
-                    "past_key_names": "past_key_values.%d.key",
-                    "past_value_names": "past_key_values.%d.value",
+                    "input_ids": INPUT_IDS,
+                    "position_ids": POSITION_IDS,
+                    "past_key_names": past_name("%d", "key"),
+                    "past_value_names": past_name("%d", "value"),
                 },
                 "outputs": {
-                    "logits": "logits",
-                    "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value",
+                    "logits": LOGITS,
+                    "present_key_names": present_name("%d", "key"),
+                    "present_value_names": present_name("%d", "value"),
                 },
             },
         },
