@@ -266,13 +266,12 @@ def policy_cases() -> tuple[list, list]:
 
 def round_trip_cases() -> list[dict]:
     """Rows through NF4 / u8 storage and back: random, ties at the NF4 midpoints and u8 half steps, zeros, constants."""
-    from omnicoder.runtimes.kv_format import NF4_LEVELS, round_trip
+    from omnicoder.runtimes.kv_format import NF4_MIDPOINTS, round_trip
 
     rng = np.random.default_rng(77)
-    midpoints = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
     rows = {
         "random": (rng.standard_normal((3, 16)) * np.array([[1.0], [40.0], [1e-4]])).astype(np.float32),
-        "midpoints": np.concatenate(([1.0], midpoints)).astype(np.float32)[None],
+        "midpoints": np.concatenate(([1.0], NF4_MIDPOINTS)).astype(np.float32)[None],
         "u8-half-steps": np.array([[0, 255, 2.5, 3.5, 100.5, 101.5, 0.5, 1.5, 254.5, 7, 8, 9]], np.float32),
         "zeros-constant": np.array([[0] * 8 + [3.25] * 8, [-0.0] * 8 + [-7e-7] * 8], np.float32),
         "width10": (rng.standard_normal((2, 10)) * 5).astype(np.float32),
@@ -343,7 +342,7 @@ def fp16_cases() -> dict:
 
 def retention_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, retention_sidecar
-    from omnicoder.runtimes.kv_format import NF4_LEVELS
+    from omnicoder.runtimes.kv_format import NF4_LEVELS, NF4_MIDPOINTS
     from omnicoder.runtimes.kv_retention import RetentionPolicy
     from omnicoder.runtimes.onnx_session import RETENTION_CHUNK
 
@@ -360,13 +359,12 @@ def retention_vectors() -> dict:
     case["sidecar"] = sidecar
     cases.append(case)
     valid, invalid = policy_cases()
-    midpoints = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
     return {
         "format": FORMAT,
         "floats": "hex of float32 bits, '%08x' per value; feeds_sha256 over the float32 LE bytes of all feeds",
         "chunk": RETENTION_CHUNK,
         "nf4_levels": hexf(NF4_LEVELS),
-        "nf4_midpoints": hexf(midpoints),
+        "nf4_midpoints": hexf(NF4_MIDPOINTS),
         "fp16": fp16_cases(),
         "round_trips": round_trip_cases(),
         "policies": valid,
