@@ -6,8 +6,8 @@
   entries are overwritten before they can be seen (no buffer zeroing or method reload needed); `truncate`
   rewinds it to any earlier length the same way (a multi-turn chat's rollback, runtimes/chat.py).
 - `--kv io` bundles (`ExecuTorchIOBackend`): past/present KV tensors like the ONNX graph, so the runtimes'
-  KV-cache interface (contiguous or paged, windowed, predicted pages, speculative rollback) drives it: it is
-  `OnnxBackend` with its one session call (`_feed` / `_run_values`) running the program via `ExecuTorchSession`.
+  KV-cache interface (contiguous or paged, windowed, predicted pages, retention, speculative rollback) drives
+  it: it is the target-neutral graph backend (runtimes/graph_backend.py) over `ExecuTorchProgram`.
 
 The ExecuTorch Python runtime itself loads torch (accepted for this runner only); this module imports it,
 and executorch, lazily inside functions, so importing it stays torch-free.
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 from omnicoder.runtimes.bundle import Bundle
+from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.kv_paging import PagingPolicy
-from omnicoder.runtimes.onnx_session import OnnxBackend
 
 from omnicoder.errors import OmniCoderError
 
@@ -124,22 +124,9 @@ class ExecuTorchBufferBackend:
         return np.stack([self.run(row.tolist(), 0) for row in ids])
 
 
-class _Array(np.ndarray):
-    """A numpy array that also answers .numpy(), as the OrtValues OnnxBackend reads its outputs from."""
-
-    def numpy(self) -> np.ndarray:
-        return self.view(np.ndarray)
-
-
-class _Name:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class ExecuTorchSession:
-    """The part of onnxruntime's InferenceSession API that OnnxBackend reads (input and output names), plus
-    `run` over an ExecuTorch `--kv io` program, so OnnxBackend's cache handling (contiguous, paged, retention,
-    speculative rollback) drives it unchanged."""
+class ExecuTorchProgram:
+    """A `--kv io` program's method as the graph backend's Program: numpy feeds in the graph's input order,
+    the wanted outputs back as numpy arrays."""
 
     def __init__(self, bundle: Bundle, method) -> None:
         self.method = method
@@ -147,22 +134,18 @@ class ExecuTorchSession:
         self.output_names = [t["name"] for t in bundle.graph["outputs"]]
         self.max_seq_len = executorch_section(bundle)["max_seq_len"]
 
-    def get_outputs(self) -> list[_Name]:
-        return [_Name(n) for n in self.output_names]
-
-    def run(self, feeds: dict[str, np.ndarray], wanted: list[str]) -> list[_Array]:
-        """The wanted outputs of one call, as arrays that also answer `.numpy()` like onnxruntime's values."""
+    def run(self, feeds: dict[str, np.ndarray], wanted: list[str]) -> list[np.ndarray]:
         inputs = [feeds[name] for name in self.input_names]
         if inputs[0].shape[0] != 1:
             raise OmniCoderError("internal: ExecuTorch programs take batch 1")
         if inputs[0].shape[1] > self.max_seq_len or any(f.shape[2] > self.max_seq_len for f in inputs[2:]):
             raise OmniCoderError(f"a call exceeds the program's sequence limit ({self.max_seq_len}); lower --window")
         outputs = dict(zip(self.output_names, self.method.execute([_tensor(f) for f in inputs]), strict=True))
-        return [outputs[name].numpy().copy().view(_Array) for name in wanted]
+        return [outputs[name].numpy().copy() for name in wanted]
 
 
-class ExecuTorchIOBackend(OnnxBackend):
-    """OnnxBackend over an ExecuTorch KV-in/KV-out program (through ExecuTorchSession)."""
+class ExecuTorchIOBackend(GraphBackend):
+    """The graph backend over an ExecuTorch KV-in/KV-out program."""
 
     def __init__(self, bundle: Bundle, method, paging: PagingPolicy | None = None, **options) -> None:
         section = executorch_section(bundle)
@@ -171,16 +154,9 @@ class ExecuTorchIOBackend(OnnxBackend):
         self.max_seq_len = section["max_seq_len"]
         if paging is not None and paging.page_len > self.max_seq_len:
             raise OmniCoderError(f"--page-len {paging.page_len} exceeds the program's limit ({self.max_seq_len})")
-        super().__init__(bundle, ExecuTorchSession(bundle, method), paging, **options)
+        super().__init__(bundle, ExecuTorchProgram(bundle, method), paging, **options)
         if self.context_length <= self.model_context:  # contiguous KV: every token stays, so the program's limit
             self.context_length = min(self.context_length, self.max_seq_len)
-
-    def _feed(self, array: np.ndarray) -> np.ndarray:
-        return array  # the program takes numpy arrays (converted to torch tensors per call)
-
-    def _run_values(self, feeds: dict, wanted: list[str]) -> list:
-        """OnnxBackend's one call into its session; feeds and earlier outputs here are numpy arrays."""
-        return self.session.run(feeds, wanted)
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for whole windows [B, W] from an empty cache, one row per call (the program takes batch 1)."""

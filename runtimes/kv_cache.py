@@ -1,38 +1,82 @@
 """The one KV-cache interface of the runtimes. Torch-free.
 
 A cache hands the decode-step graph its past KV tensors (`feeds`), takes the graph's present KV back
-(`update`), and knows its length and the absolute position of the next token. Implementations differ
-in how they hold the tensors: `ContiguousKVCache` keeps the graph's own output buffers (onnxruntime
-OrtValues passed straight back in, no copies); paging, windowing, quantization and retention plug in
-behind the same interface.
+(`update`), and knows its length (the absolute position of the next token). It also tells the backend what
+else a call needs, so the backend never looks past this interface: which extra graph outputs it wants
+(`extra_outputs`, handed to `observe_outputs` before `update`), how many tokens one call may take
+(`tokens_per_call`), how far positions may run (`context_limit`), and whether its feeds are fixed buffers the
+graph updates in place (`in_place`, grown by `reserve`). Kinds: `ContiguousKVCache` (the graph's own output
+buffers passed straight back in), `SharedKVCache` (--kv-io shared buffers), `PagedKVCache` (runtimes/kv_paging.py)
+and `RetentionKVCache` (runtimes/kv_retention.py); a quantized KV format is a property of the layout.
+Which cache a bundle and the KV flags get is decided in one place: runtimes/cache_factory.py.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from omnicoder.runtimes.kv_layout import KVLayout
 
+from omnicoder.errors import OmniCoderError
 
-class KVCache(Protocol):
+UNBOUNDED = 2**62  # positions of a cache that evicts: they stay absolute, the policy bounds what is attended
+
+
+def as_numpy(value) -> np.ndarray:
+    """A graph output or feed as numpy (onnxruntime values answer `.numpy()`; arrays pass through)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+class KVCache:
+    """The interface (and its defaults: a cache that holds every token and wants nothing but the presents)."""
+
+    in_place = False  # feeds() are fixed buffers bound as both past and present; the graph writes new rows
+    tokens_per_call: int | None = None  # most tokens one call may take (a policy acting between calls); None: any
+    extra_outputs: tuple[str, ...] = ()  # graph outputs besides logits and presents this cache wants from a call
+
     @property
     def length(self) -> int:
-        """Tokens held."""
+        """Tokens fed so far (evicted ones included): the absolute position of the next token."""
+        raise NotImplementedError
 
     def feeds(self) -> dict[str, Any]:
-        """Past KV inputs by graph input name (numpy arrays or OrtValues)."""
+        """Past KV inputs by graph input name (numpy arrays or the graph's own output values)."""
+        raise NotImplementedError
 
     def update(self, presents: dict[str, Any], new_tokens: int) -> None:
         """Take the graph's present KV outputs (past + the new tokens) by graph input name."""
+        raise NotImplementedError
 
-    def reset(self) -> None: ...
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` tokens (speculative decoding's rollback, a chat's rewind)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
 
     def nbytes(self) -> int:
         """Resident bytes of KV data."""
+        raise NotImplementedError
+
+    def observe_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        """The `extra_outputs` of a call over this cache's feeds (numpy, by name), before `update`."""
+
+    def context_limit(self, model_context: int) -> int:
+        """How far positions may run: the model's context while every token is attended (UNBOUNDED if evicting)."""
+        return model_context
+
+    def reserve(self, last_position: int) -> bool:
+        """Make room for a call reaching `last_position` (in-place buffers); True when the buffers were replaced."""
+        return False
 
 
-class ContiguousKVCache:
+def check_truncate(length: int, held: int) -> None:
+    if not 0 <= length <= held:
+        raise ValueError(f"cannot truncate a cache of {held} tokens to {length}")
+
+
+class ContiguousKVCache(KVCache):
     """Holds the graph's present outputs and feeds them back as the next step's past (zero-copy)."""
 
     def __init__(self, layout: KVLayout) -> None:
@@ -55,14 +99,10 @@ class ContiguousKVCache:
         self._length += new_tokens
 
     def truncate(self, length: int) -> None:
-        """Keep the first `length` tokens (speculative decoding's rollback; copies the kept rows once)."""
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        """Keep the first `length` tokens (copies the kept rows once)."""
+        check_truncate(length, self._length)
         if length < self._length:
-            self._values = {
-                name: np.ascontiguousarray((v if isinstance(v, np.ndarray) else v.numpy())[:, :, :length])
-                for name, v in self._values.items()
-            }
+            self._values = {name: np.ascontiguousarray(as_numpy(v)[:, :, :length]) for name, v in self._values.items()}
             self._length = length
 
     def nbytes(self) -> int:
@@ -80,16 +120,19 @@ def _nbytes(value) -> int:
     return int(np.prod(value.shape())) * _ORT_ITEMSIZE[value.data_type()]
 
 
-class SharedKVCache:
-    """KV for `--kv-io shared` bundles: one onnxruntime buffer per KV tensor [1, heads, capacity, width], bound
-    as both the past input and the present output, so the graph writes each step's new rows in place.
+class SharedKVCache(KVCache):
+    """KV for `--kv-io shared` bundles: one buffer per KV tensor [1, heads, capacity, width], bound as both the
+    past input and the present output, so the graph writes each step's new rows in place.
 
     Slot = absolute position; the rows in use are the first `length`. A rollback only moves the length back
-    (later rows are overwritten by the next step). `make_buffer(shape, dtype)` allocates one device buffer.
+    (later rows are overwritten by the next step). The buffers start at `capacity` tokens and double (keeping
+    the rows in use) up to `limit`, the model's context. `make_buffer(shape, dtype)` allocates one buffer.
     """
 
-    def __init__(self, layout: KVLayout, capacity: int, make_buffer) -> None:
-        self.layout, self.capacity, self._make_buffer = layout, capacity, make_buffer
+    in_place = True
+
+    def __init__(self, layout: KVLayout, capacity: int, limit: int, make_buffer) -> None:
+        self.layout, self.capacity, self.limit, self._make_buffer = layout, capacity, limit, make_buffer
         self.buffers = self._allocate(capacity)
         self._length = 0
 
@@ -99,6 +142,15 @@ class SharedKVCache:
             name: self._make_buffer((1, layout.heads, capacity, width), dtype)
             for name, width, dtype in zip(layout.inputs, layout.widths, layout.dtypes, strict=True)
         }
+
+    def reserve(self, last_position: int) -> bool:
+        """Grow the buffers (doubling, up to the model's context) to hold `last_position`."""
+        if last_position < self.capacity:
+            return False
+        if last_position >= self.limit:
+            raise OmniCoderError(f"the context is full: the model's context holds {self.limit} tokens")
+        self.grow(min(max(2 * self.capacity, 1 << last_position.bit_length()), self.limit))
+        return True
 
     def grow(self, capacity: int) -> None:
         """New buffers of `capacity` tokens holding the rows in use (the old ones are dropped: rebind calls)."""
@@ -128,8 +180,7 @@ class SharedKVCache:
         self._length += new_tokens
 
     def truncate(self, length: int) -> None:
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        check_truncate(length, self._length)
         self._length = length
 
     def nbytes(self) -> int:

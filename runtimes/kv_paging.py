@@ -2,9 +2,10 @@
 
 The cache holds every token's KV rows in pages of `page_len` tokens (all layers of a token range in one page).
 Each step it materializes only what the model should attend to: the first `sink_pages` pages, the pages of the
-last `window` tokens, and up to `predicted_pages` more chosen by `select` (e.g. Quest-style scores of the current
-query against each page's key summary). Positions stay absolute: the runner passes each token's true position,
-so dropping pages from the attended set never shifts RoPE.
+last `window` tokens, and up to `predicted_pages` more chosen by `select` (by default Quest-style scores of the
+last call's queries, the graph's `query.{i}` outputs this cache asks for, against each page's key summary).
+Positions stay absolute: the runner passes each token's true position, so dropping pages from the attended set
+never shifts RoPE.
 
 Pages beyond `ram_budget_bytes` spill to a memory-mapped file (oldest evictable first: never sinks or the
 window) and come back bit-identical when selected.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omnicoder.runtimes.kv_cache import UNBOUNDED, KVCache, as_numpy, check_truncate
 from omnicoder.runtimes.kv_layout import KVLayout
 
 from omnicoder.errors import OmniCoderError
@@ -90,8 +92,12 @@ class SpillFile:
         self._file.close()
 
 
-class PagedKVCache:
-    """KV pages behind the runtime's KV-cache interface (`feeds` / `update` / `length` / `reset` / `nbytes`)."""
+class PagedKVCache(KVCache):
+    """KV pages behind the runtimes' KV-cache interface; one call takes at most a page of tokens.
+
+    `queries` (graph query output -> the layer's key input) asks each call for the queries that pick the
+    predicted pages; `select(cache, candidates)` overrides that choice.
+    """
 
     def __init__(
         self,
@@ -99,9 +105,13 @@ class PagedKVCache:
         policy: PagingPolicy,
         select: Callable[[PagedKVCache, list[int]], list[int]] | None = None,
         spill_dir: str | Path | None = None,
+        queries: dict[str, str] | None = None,
     ) -> None:
         self.layout, self.policy = layout, policy.validate()
-        self.select = select
+        self.select = select or PagedKVCache.by_last_queries
+        self.tokens_per_call = policy.page_len
+        self.queries = queries or {}
+        self.extra_outputs = tuple(self.queries)
         self._spill_dir = str(spill_dir) if spill_dir else None
         widths = dict(zip(layout.inputs, layout.widths, strict=True))
         self._shapes = {name: (layout.heads, policy.page_len, w) for name, w in widths.items()}
@@ -119,6 +129,7 @@ class PagedKVCache:
         self.pages: list[Page] = []
         self._length = 0
         self.attended: list[int] = []
+        self.last_queries: dict[str, np.ndarray] = {}  # key input -> the last call's last-token queries
 
     @property
     def length(self) -> int:
@@ -137,7 +148,7 @@ class PagedKVCache:
 
     def update(self, presents: dict, new_tokens: int) -> None:
         """Append the last `new_tokens` rows of each present tensor (the graph returns attended + new)."""
-        arrays = {name: _as_numpy(value)[0, :, -new_tokens:] for name, value in presents.items()}
+        arrays = {name: as_numpy(value)[0, :, -new_tokens:] for name, value in presents.items()}
         done = 0
         while done < new_tokens:
             if not self.pages or self.pages[-1].filled == self.policy.page_len:
@@ -155,8 +166,7 @@ class PagedKVCache:
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (speculative decoding's rollback). Page summaries stay valid bounds."""
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        check_truncate(length, self._length)
         while self.pages and self.pages[-1].start >= length:
             page = self.pages.pop()
             if page.arrays is None:
@@ -170,6 +180,22 @@ class PagedKVCache:
         """Resident KV bytes (pages in RAM, not spilled)."""
         return sum(self.page_bytes for p in self.pages if p.arrays is not None)
 
+    def context_limit(self, model_context: int) -> int:
+        """With a window, positions run past the model's context (they stay absolute)."""
+        return model_context if self.policy.window <= 0 else UNBOUNDED
+
+    def observe_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        """The call's queries (its last token's, as the stored keys see them) pick the next call's pages."""
+        self.last_queries = {key: self._in_key_space(outputs[q][0, :, -1]) for q, key in self.queries.items()}
+
+    def _in_key_space(self, query: np.ndarray) -> np.ndarray:
+        """Queries rotated like the keys when the KV rows are Hadamard-rotated."""
+        if self.layout.rotation != "hadamard":
+            return query
+        from omnicoder.runtimes.kv_format import rotate
+
+        return rotate(query, self.layout.key_group)
+
     # -- selection -------------------------------------------------------------------------------------
     def window_pages(self) -> list[int]:
         if self.policy.window <= 0:
@@ -179,10 +205,14 @@ class PagedKVCache:
 
     def attended_pages(self) -> list[int]:
         keep = set(range(min(self.policy.sink_pages, len(self.pages)))) | set(self.window_pages())
-        if self.select is not None and self.policy.predicted_pages > 0:
+        if self.policy.predicted_pages > 0:
             candidates = [i for i in range(len(self.pages)) if i not in keep]
             keep |= set(self.select(self, candidates)[: self.policy.predicted_pages])
         return sorted(keep)
+
+    def by_last_queries(self, candidates: list[int]) -> list[int]:
+        """Predicted pages: the last call's queries scored against each candidate page's key summary."""
+        return self.quest_scores(self.last_queries, candidates) if self.last_queries else []
 
     def quest_scores(self, query: dict[str, np.ndarray], candidates: list[int]) -> list[int]:
         """Quest (Tang et al. 2024): rank pages by an upper bound of q·k from per-channel key min/max.
@@ -246,7 +276,3 @@ class PagedKVCache:
 
     def spilled_pages(self) -> int:
         return sum(1 for p in self.pages if p.arrays is None)
-
-
-def _as_numpy(value) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else value.numpy()

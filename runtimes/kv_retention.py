@@ -1,9 +1,9 @@
 """A token-level KV cache under a memory budget: learned retention, StreamingLLM and H2O. Torch-free (numpy).
 
-Behind the runtimes' KV-cache interface (`feeds` / `update` / `length` / `reset` / `nbytes` / `truncate`), the
-cache holds one row per token and keeps its resident bytes under `budget_bytes`. The first `sink_tokens` and the
-last `recent_window` tokens (default: 3/4 of what the budget holds) are always kept; when over budget, the
-lowest-ranked other token is handled:
+Behind the runtimes' KV-cache interface (runtimes/kv_cache.py; calls of RETENTION_CHUNK tokens, so the policy
+acts between them), the cache holds one row per token and keeps its resident bytes under `budget_bytes`. The
+first `sink_tokens` and the last `recent_window` tokens (default: 3/4 of what the budget holds) are always kept;
+when over budget, the lowest-ranked other token is handled:
 
 - `learned` (the model's retention head, `model.retention.json`): rank by logit(keep) - logit(drop); a token
   whose class is not "drop" is first *compressed* (its rows stored as NF4, `compress_bytes_per_token`), and
@@ -11,6 +11,9 @@ lowest-ranked other token is handled:
 - `streaming` (StreamingLLM, Xiao et al. 2023): the oldest goes (sinks + recent window).
 - `h2o` (Zhang et al. 2023): rank by the attention the token has accumulated so far, computed from the
   graph's query outputs against the cached keys.
+
+The signals (the `retention` logits, the queries) are graph outputs the cache asks each call for
+(`extra_outputs`); `observe` takes them before `update` takes the call's rows.
 
 Positions stay absolute: the runner passes each token's true position, so eviction never shifts RoPE.
 """
@@ -21,12 +24,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from omnicoder.runtimes.kv_cache import UNBOUNDED, KVCache, as_numpy
 from omnicoder.runtimes.kv_format import round_trip, row_bytes
 from omnicoder.runtimes.kv_layout import KVLayout
 
 from omnicoder.errors import OmniCoderError
+from omnicoder.io_contract import RETENTION
 
 POLICIES = ("learned", "streaming", "h2o")
+RETENTION_CHUNK = 8  # tokens per call under a retention budget (the policy acts between calls)
 
 
 @dataclass
@@ -49,15 +55,22 @@ class RetentionPolicy:
         return self
 
 
-class RetentionKVCache:
-    """Per-token KV rows with budgeted eviction (see the module docstring)."""
+class RetentionKVCache(KVCache):
+    """Per-token KV rows with budgeted eviction (see the module docstring).
 
-    def __init__(self, layout: KVLayout, policy: RetentionPolicy, query_scale: float = 1.0) -> None:
+    `queries`: the graph's query outputs by layer, which H2O scores held tokens with.
+    """
+
+    tokens_per_call = RETENTION_CHUNK
+
+    def __init__(
+        self, layout: KVLayout, policy: RetentionPolicy, query_scale: float = 1.0, queries: list[str] | None = None
+    ) -> None:
         if layout.kv_dtype != "fp32":
             raise OmniCoderError("retention runs on bundles with fp32 KV (it compresses rows itself); re-export")
         self.layout, self.policy, self.query_scale = layout, policy.validate(), query_scale
-        self.wants_retention = policy.policy == "learned"
-        self.wants_queries = policy.policy == "h2o"
+        self.queries = list(queries or [])
+        self.extra_outputs = (RETENTION,) * (policy.policy == "learned") + tuple(self.queries)
         self.token_bytes = layout.bytes_per_token()
         full_tokens = policy.budget_bytes / self.token_bytes
         self.recent = policy.recent_window or max(1, int(policy.recent_fraction * full_tokens))
@@ -83,6 +96,13 @@ class RetentionKVCache:
     def feeds(self) -> dict[str, np.ndarray]:
         return {name: rows[None] for name, rows in self.rows.items()}
 
+    def context_limit(self, model_context: int) -> int:
+        return UNBOUNDED  # positions stay absolute; the budget bounds what is attended
+
+    def observe_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        retention = outputs[RETENTION][0] if RETENTION in self.extra_outputs else None
+        self.observe(retention, {i: outputs[q][0] for i, q in enumerate(self.queries)} or None)
+
     def observe(self, retention: np.ndarray | None = None, queries: dict[int, np.ndarray] | None = None) -> None:
         """Per-step signals from the graph: retention logits [T, 3] of the new tokens; queries by layer [Hq, T, W]."""
         self._pending_retention = retention
@@ -91,8 +111,7 @@ class RetentionKVCache:
 
     def update(self, presents: dict, new_tokens: int) -> None:
         for name, value in presents.items():
-            array = value if isinstance(value, np.ndarray) else value.numpy()
-            self.rows[name] = np.concatenate((self.rows[name], array[0, :, -new_tokens:]), axis=1)
+            self.rows[name] = np.concatenate((self.rows[name], as_numpy(value)[0, :, -new_tokens:]), axis=1)
         self.positions = np.concatenate((self.positions, np.arange(self._length, self._length + new_tokens)))
         if self._pending_retention is not None:
             logits = self._pending_retention[-new_tokens:]

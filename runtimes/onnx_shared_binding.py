@@ -13,8 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from omnicoder.runtimes.graph_checks import ORT_ERRORS, ort_message
+
+from omnicoder.errors import OmniCoderError
 
 KEEP_UP_TO = 16  # bindings for calls of at most this many tokens are kept
+STEP_FIX = "the bundle's manifest may not describe its graph (graph.kv); re-export the bundle"
+
+
+def step_failed(exc: BaseException) -> OmniCoderError:
+    """The one-line error for an onnxruntime failure inside a decode step."""
+    return OmniCoderError(f"onnxruntime failed in a decode step: {ort_message(exc)}; {STEP_FIX}")
 
 
 @dataclass
@@ -50,26 +59,28 @@ class SharedBinding:
             binding.bind_ortvalue_output(present, buffer)
         return _Call(binding, ids, positions, logits, mtp_logits, values)
 
-    def _run(self, binding: ort.IOBinding) -> None:
-        """onnxruntime's C-level run (the Python wrapper adds WebGPU capture checks that do not apply here)."""
-        self.session._sess.run_with_iobinding(binding._iobinding, None)
-
     def run_token(self, token: int, position: int) -> np.ndarray:
         """Logits [V] of one decode step (the common case, kept to two scalar writes and the run)."""
-        call = self._calls.get((1, False)) or self._calls.setdefault((1, False), self._bind(1, False))
-        call.ids[0, 0], call.positions[0, 0] = token, position
-        self._run(call.binding)
+        try:
+            call = self._calls.get((1, False)) or self._calls.setdefault((1, False), self._bind(1, False))
+            call.ids[0, 0], call.positions[0, 0] = token, position
+            self.session.run_with_iobinding(call.binding)
+        except ORT_ERRORS as exc:
+            raise step_failed(exc) from None
         return call.logits[0, 0].copy()
 
     def run(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict:
         """Logits [1, T, V] (and MTP logits [1, T, n_mtp, V]) of one batch-1 call; the KV is updated in place."""
         key = (ids.shape[1], mtp)
-        call = self._calls.get(key) or self._bind(*key)
-        if key[0] <= KEEP_UP_TO:
-            self._calls[key] = call
-        call.ids[...] = ids
-        call.positions[...] = positions
-        self._run(call.binding)
+        try:
+            call = self._calls.get(key) or self._bind(*key)
+            if key[0] <= KEEP_UP_TO:
+                self._calls[key] = call
+            call.ids[...] = ids
+            call.positions[...] = positions
+            self.session.run_with_iobinding(call.binding)
+        except ORT_ERRORS as exc:
+            raise step_failed(exc) from None
         result = {"logits": call.logits.copy(), "presents": {}}
         if mtp:
             result["mtp_logits"] = call.mtp_logits.copy()

@@ -58,14 +58,14 @@ def build_parser(prog: str, description: str | None, target: str, threads_help: 
 
 def retention_policy(args, bundle):
     """A RetentionPolicy when --retention is given, from the flags and the bundle's retention sidecar."""
+    from omnicoder.runtimes.cache_factory import check_exclusive
     from omnicoder.runtimes.kv_retention import RetentionPolicy
 
     if getattr(args, "retention", None) is None:
         if getattr(args, "kv_budget_mb", 0):
             raise OmniCoderError("--kv-budget-mb applies with --retention; add --retention learned|streaming|h2o")
         return None
-    if paging_requested(args):
-        raise OmniCoderError("--retention and the KV paging flags are exclusive; drop --window/--kv-ram-budget-mb")
+    check_exclusive(paging_requested(args), True)  # before the sidecar is read: the flags are wrong either way
     sidecar = bundle.sidecar("retention")
     if args.kv_budget_mb < 0:
         raise OmniCoderError(f"--kv-budget-mb must be > 0, got {args.kv_budget_mb}")

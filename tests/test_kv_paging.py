@@ -156,7 +156,7 @@ def test_predicted_pages_are_chosen_by_the_graph_queries(bundles):
     backend = OnnxBackend(bundle, create_session(bundle), PagingPolicy(page_len=8, window=16, predicted_pages=1))
     step_logits(backend, TOKENS)
     c = bundle.model
-    queries = backend.last_queries
+    queries = backend.cache.last_queries
     assert set(queries) == {f"past_key_values.{i}.key" for i in range(c["n_layers"])}
     assert all(q.shape == (c["n_heads"], c["head_dim"]) for q in queries.values())
     window = set(backend.cache.window_pages())

@@ -183,9 +183,9 @@ def test_sliding_window_model_decodes_past_its_window(tmp_path):
 def test_buffers_start_small_and_grow_with_the_run(shared, monkeypatch):
     """The shared buffers hold a few tokens at first and double as the run grows (keeping the rows in use):
     the same greedy tokens as the present-mode twin, and no whole-context allocation up front."""
-    import omnicoder.runtimes.onnx_session as onnx_session
+    import omnicoder.runtimes.cache_factory as cache_factory
 
-    monkeypatch.setattr(onnx_session, "SHARED_KV_START", 4)
+    monkeypatch.setattr(cache_factory, "SHARED_KV_START", 4)
     prompt = [5, 17, 99, 3, 42, 8]
     grown = backend(shared["int4"][1])
     assert grown.cache.capacity == 4
