@@ -98,16 +98,14 @@ class ChatSession:
                     on_text(piece)
 
         on_token = lambda token: emit(decoder.push(token))  # noqa: E731
-        if speculative and not self.cached:
-            from omnicoder.runtimes.speculative import generate_ids_speculative
-
-            out, stats = generate_ids_speculative(
-                self.backend, new, max_new_tokens, sampler, self.stop_ids, speculative, on_token
-            )
-        elif speculative:
+        strategy = None
+        if speculative and self.cached:
             raise OmniCoderError("--speculative drafts only a chat's first turn; drop it for a multi-turn chat")
-        else:
-            out, stats = continue_ids(self.backend, new, max_new_tokens, sampler, self.stop_ids, on_token)
+        if speculative:
+            from omnicoder.runtimes.speculative import Speculation
+
+            strategy = Speculation(self.backend, sampler, speculative)
+        out, stats = continue_ids(self.backend, new, max_new_tokens, sampler, self.stop_ids, on_token, strategy)
         emit(decoder.flush())
         self.cached = [*self.cached, *new, *out][: self.backend.cache_length]
         self.reply_ids = out

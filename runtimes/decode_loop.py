@@ -1,13 +1,17 @@
 """The generation loop every runner shares (PyTorch reference, ONNX, ExecuTorch). Torch-free.
 
-A backend owns the model and its KV cache; the loop owns prefill/decode order, sampling, stopping,
-streaming and timing, so all runners behave the same for the same flags.
+A backend owns the model and its KV cache; the loop owns the prefill and the first token, stop ids, the
+token limit, the context check, streaming and the stats, so all runners behave the same for the same flags.
+How the tokens after the first are produced is the run's `Strategy`: plain decoding (one token per call,
+`PlainDecoding`) or speculative decoding with the MTP heads (`runtimes.speculative.Speculation`: each call
+verifies drafts and accepts some).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -57,6 +61,41 @@ def stop_set(eos_id: int | Iterable[int]) -> frozenset[int]:
     return frozenset((eos_id,) if isinstance(eos_id, int) else (int(i) for i in eos_id))
 
 
+@dataclass
+class Run:
+    """One generation as the loop holds it; what a strategy reads (and the speculative counters it adds)."""
+
+    backend: StepBackend
+    sampler: Sampler
+    prompt: list[int]  # the tokens fed before the first generated one
+    first: int  # the position of prompt[0]
+    max_new_tokens: int
+    context: int
+    stats: GenerationStats
+    out: list[int] = field(default_factory=list)
+
+    def token_at(self, position: int) -> int:
+        """The prompt's or the output's token at an absolute position."""
+        index = position - self.first
+        return self.prompt[index] if index < len(self.prompt) else self.out[index - len(self.prompt)]
+
+
+class Strategy(Protocol):
+    def tokens(self, run: Run) -> Iterator[int]:
+        """The tokens after `run.out[-1]`, one per `next`: the loop appends each to `run.out` (and streams it)
+        before asking for the next, and closes the iterator when generation stops."""
+
+
+class PlainDecoding:
+    """One model call per token: the last token in, the next one sampled from its logits."""
+
+    def tokens(self, run: Run) -> Iterator[int]:
+        position = run.first + len(run.prompt)
+        while True:
+            yield run.sampler.sample(run.backend.step([run.out[-1]], [position]))
+            position += 1
+
+
 def generate_ids(
     backend: StepBackend,
     prompt_ids: list[int],
@@ -64,12 +103,13 @@ def generate_ids(
     sampler: Sampler,
     eos_id: int | Iterable[int],
     on_token: Callable[[int], None] | None = None,
+    strategy: Strategy | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Prefill the prompt, then sample up to max_new_tokens; stops at a stop id (`eos_id`: one id or several)
     or when the context is full."""
     check_prompt_fits(backend, prompt_ids)
     backend.reset()
-    return continue_ids(backend, prompt_ids, max_new_tokens, sampler, eos_id, on_token)
+    return continue_ids(backend, prompt_ids, max_new_tokens, sampler, eos_id, on_token, strategy)
 
 
 def continue_ids(
@@ -79,40 +119,49 @@ def continue_ids(
     sampler: Sampler,
     eos_id: int | Iterable[int],
     on_token: Callable[[int], None] | None = None,
+    strategy: Strategy | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """`generate_ids` after what the backend's KV cache already holds: `new_ids` take the next positions (a chat's
     next turn feeds only its new tokens). Afterwards the cache holds new_ids and the generated tokens fed back:
-    all of them after a stop id, all but the last after the token limit or a full context."""
+    all of them after a stop id, all but the last after the token limit or a full context (plain decoding)."""
     if not new_ids:
         raise OmniCoderError("the prompt encodes to no tokens; pass some text")
-    context = backend.context_length
-    stops = stop_set(eos_id)
     stats = GenerationStats(prompt_tokens=len(new_ids), stop_reason="limit")
-    out: list[int] = []
-    first = backend.cache_length
-    ids, positions = list(new_ids), list(range(first, first + len(new_ids)))
-    start = time.perf_counter()
-    for step in range(max_new_tokens):
-        logits = backend.step(ids, positions)
-        token = sampler.sample(logits)
-        now = time.perf_counter()
-        if step == 0:
-            stats.prefill_seconds, start = now - start, now
-            check_finite(logits)
-        if token in stops:
-            stats.stop_reason = "eos"
-            break
-        out.append(token)
-        if on_token is not None:
-            on_token(token)
-        if backend.cache_length >= context:
-            stats.stop_reason = "context"
-            break
-        ids, positions = [token], [positions[-1] + 1]
-    stats.decode_seconds = time.perf_counter() - start if out else 0.0
-    stats.generated_tokens = len(out)
+    run = Run(backend, sampler, list(new_ids), backend.cache_length, max_new_tokens, backend.context_length, stats)
+    if max_new_tokens > 0:
+        _decode(run, stop_set(eos_id), on_token, strategy or PlainDecoding())
+    stats.generated_tokens = len(run.out)
     stats.peak_rss_mb = peak_rss_mb()
-    return out, stats
+    return run.out, stats
+
+
+def _decode(run: Run, stops: frozenset[int], on_token: Callable[[int], None] | None, strategy: Strategy) -> None:
+    """The prefill and its token, then the strategy's tokens until a stop id, the limit or a full context."""
+    start = time.perf_counter()
+    logits = run.backend.step(run.prompt, list(range(run.first, run.first + len(run.prompt))))
+    token = run.sampler.sample(logits)
+    now = time.perf_counter()
+    run.stats.prefill_seconds, start = now - start, now
+    check_finite(logits)
+    fed = run.first + len(run.prompt)  # tokens before `token`: the cache length plain decoding has here
+    following = strategy.tokens(run)
+    try:
+        while True:
+            if token in stops:
+                run.stats.stop_reason = "eos"
+                break
+            run.out.append(token)
+            if on_token is not None:
+                on_token(token)
+            if fed >= run.context:
+                run.stats.stop_reason = "context"
+                break
+            if len(run.out) >= run.max_new_tokens:
+                break
+            token, fed = next(following), fed + 1
+    finally:
+        following.close()  # a strategy rolls back what it verified past the stop
+    run.stats.decode_seconds = time.perf_counter() - start if run.out else 0.0
 
 
 def generate_text(
@@ -139,11 +188,11 @@ def generate_text(
     prompt_ids = tokenizer.encode(prompt, add_bos=getattr(tokenizer, "add_bos", True))
     stops = getattr(tokenizer, "stop_ids", [tokenizer.eos_id])
     on_token = lambda token: emit(decoder.push(token))  # noqa: E731
+    strategy = None
     if speculative:
-        from omnicoder.runtimes.speculative import generate_ids_speculative
+        from omnicoder.runtimes.speculative import Speculation
 
-        _, stats = generate_ids_speculative(backend, prompt_ids, max_new_tokens, sampler, stops, speculative, on_token)
-    else:
-        _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, stops, on_token)
+        strategy = Speculation(backend, sampler, speculative)
+    _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, stops, on_token, strategy)
     emit(decoder.flush())
     return "".join(pieces), stats

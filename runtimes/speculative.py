@@ -32,23 +32,24 @@ fp16 weights; 0.15 with int4 weights (MatMulNBits takes another kernel path for 
 `exactness(backend)` says which case applies; `exactness_note` is the one line a runner prints to stderr when the
 user asks for --speculative where it is not exact.
 
-A backend adds two methods to the decode-step protocol: `verify(ids, positions) -> (logits [T, V],
-mtp_logits [T, n_mtp, V])`, appending the T tokens to its cache, and `truncate(length)`. It may name its
-`precision` (the manifest's section) and `paging` / `retention` policies; one without `precision` (the PyTorch
-reference) counts as fp32.
+`Speculation` is a strategy of the one decode loop (runtimes/decode_loop.py), which keeps the prefill, stop
+ids, the token limit, the context check, streaming and the stats; this module keeps drafting, verifying,
+accepting and the rollbacks. A backend adds two methods to the decode-step protocol: `verify(ids, positions)
+-> (logits [T, V], mtp_logits [T, n_mtp, V])`, appending the T tokens to its cache, and `truncate(length)`.
+It may name its `precision` (the manifest's section) and `paging` / `retention` policies; one without
+`precision` (the PyTorch reference) counts as fp32.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from omnicoder.runtimes.decode_loop import StepBackend, check_finite, check_prompt_fits, stop_set
+from omnicoder.runtimes.decode_loop import Run, StepBackend, generate_ids
 from omnicoder.runtimes.sampling import Sampler
-from omnicoder.runtimes.stats import GenerationStats, peak_rss_mb
+from omnicoder.runtimes.stats import GenerationStats
 
 from omnicoder.errors import OmniCoderError
 
@@ -164,68 +165,71 @@ def check_speculative(k: int, n_mtp: int) -> None:
         raise OmniCoderError(f"--speculative {k} needs {k} MTP heads but the model has {n_mtp}; use at most {n_mtp}")
 
 
-class _Run:
-    """One speculative generation: the output, its stats, and how much of the cache plain decoding would share."""
+class Speculation:
+    """The decode loop's strategy for drafting `k` tokens per call with the MTP heads (module doc).
 
-    def __init__(self, backend, prompt_ids, max_new_tokens, sampler, eos_id, k, on_token, tie_margin) -> None:
-        self.backend, self.sampler, self.eos_id, self.k, self.on_token = backend, sampler, eos_id, k, on_token
-        self.max_new_tokens, self.tie_margin = max_new_tokens, tie_margin
-        self.context = check_prompt_fits(backend, prompt_ids)
-        self.tokens = list(prompt_ids)  # the token at every cached position: the prompt, then the output
-        self.out: list[int] = []
-        self.clean = len(prompt_ids)  # cached rows below this were computed exactly as plain decoding does
-        self.stats = GenerationStats(prompt_tokens=len(prompt_ids), stop_reason="limit")
+    tie_margin: the greedy guard; None takes `exactness(backend)`'s, 0 turns it off (sampling never uses it)."""
 
-    def emit(self, token: int) -> bool:
-        """Record a token; False when generation must stop."""
-        if token in stop_set(self.eos_id):  # one EOS id or several stop ids
-            self.stats.stop_reason = "eos"
-            return False
-        self.out.append(token)
-        self.tokens.append(token)
-        if self.on_token is not None:
-            self.on_token(token)
-        if len(self.out) >= self.max_new_tokens:
-            return False
-        if self.backend.cache_length + 1 >= self.context:
-            self.stats.stop_reason = "context"
-            return False
-        return True
+    def __init__(self, backend: SpeculativeBackend, sampler: Sampler, k: int, tie_margin: float | None = None):
+        check_speculative(k, backend.n_mtp)
+        if tie_margin is None:
+            tie_margin = exactness(backend).tie_margin
+        self.k, self.tie_margin = k, tie_margin if sampler.greedy else 0
+
+    def tokens(self, run: Run) -> Iterator[int]:
+        return _Verifier(run, self.k, self.tie_margin).tokens()
+
+
+class _Verifier:
+    """One run's verify calls, and how much of the cache plain decoding would share (`clean`)."""
+
+    def __init__(self, run: Run, k: int, tie_margin: float) -> None:
+        self.run, self.backend, self.k, self.tie_margin = run, run.backend, k, tie_margin
+        self.clean = run.first + len(run.prompt)  # cached rows below this were computed as plain decoding does
+
+    def tokens(self) -> Iterator[int]:
+        heads = None  # no drafts until a verify call returns the MTP heads' logits
+        while True:
+            logits, heads, pending = yield from self.call(heads)
+            yield self.run.sampler.sample(logits) if pending is None else pending
 
     def trusted(self, row_position: int, logits: np.ndarray) -> bool:
         """Whether a row decides its next token as plain decoding would (the greedy tie guard)."""
         return row_position < self.clean or not self.tie_margin or top2_margin(logits) >= self.tie_margin
 
-    def call(self, x: int, heads: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int | None] | None:
-        """Verify x and the drafts from `heads`; the logits and heads to continue from and a token decided by a
-        rejection (or None), or None when generation stops."""
-        room = min(self.k, self.max_new_tokens - len(self.out), self.context - self.backend.cache_length - 1)
-        drafts = [] if heads is None else [draft(self.sampler, heads[j]) for j in range(max(room, 0))]
-        base = self.backend.cache_length
-        ids = [x] + [d for d, _ in drafts]
-        logits, mtp = self.backend.verify(ids, list(range(base, base + len(ids))))
-        self.stats.model_calls += 1
-        self.stats.draft_tokens += len(drafts)
+    def call(self, heads: np.ndarray | None):
+        """Verify the last token and the drafts from `heads`, yielding the accepted drafts; returns the logits and
+        heads to continue from and a token decided by a rejection (or None)."""
+        run, backend = self.run, self.backend
+        room = min(self.k, run.max_new_tokens - len(run.out), run.context - backend.cache_length - 1)
+        drafts = [] if heads is None else [draft(run.sampler, heads[j]) for j in range(max(room, 0))]
+        base = backend.cache_length
+        ids = [run.out[-1]] + [d for d, _ in drafts]
+        logits, mtp = backend.verify(ids, list(range(base, base + len(ids))))
+        run.stats.model_calls += 1
+        run.stats.draft_tokens += len(drafts)
         if len(ids) == 1 and base == self.clean:  # a one-token call on a clean cache: plain decoding's own
             self.clean += 1
         kept, pending = 0, None
         for i in range(len(ids)):
             if not self.trusted(base + i, logits[i]):
-                self.backend.truncate(base + 1 + kept)
+                backend.truncate(base + 1 + kept)
                 return (*self.replay(base + 1 + kept), None)
             if i == len(drafts):
                 break
             token, proposal = drafts[i]
-            ok, chosen = accept(self.sampler, token, self.sampler.probabilities(logits[i]), proposal)
+            ok, chosen = accept(run.sampler, token, run.sampler.probabilities(logits[i]), proposal)
             if not ok:
                 pending = chosen
                 break
             kept += 1
-            self.stats.accepted_tokens += 1
-            if not self.emit(token):
-                self.backend.truncate(base + 1 + kept)
-                return None
-        self.backend.truncate(base + 1 + kept)
+            run.stats.accepted_tokens += 1
+            try:
+                yield token
+            except GeneratorExit:  # generation stopped at this draft: the cache keeps the rows verified up to it
+                backend.truncate(base + 1 + kept)
+                raise
+        backend.truncate(base + 1 + kept)
         return logits[kept], mtp[kept], pending
 
     def replay(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,9 +237,9 @@ class _Run:
         last row's logits and MTP logits (plain decoding's own)."""
         self.backend.truncate(self.clean)
         for position in range(self.clean, upto - 1):
-            self.backend.step([self.tokens[position]], [position])
-        logits, mtp = self.backend.verify([self.tokens[upto - 1]], [upto - 1])
-        self.stats.model_calls += upto - self.clean
+            self.backend.step([self.run.token_at(position)], [position])
+        logits, mtp = self.backend.verify([self.run.token_at(upto - 1)], [upto - 1])
+        self.run.stats.model_calls += upto - self.clean
         self.clean = upto
         return logits[0], mtp[0]
 
@@ -250,28 +254,6 @@ def generate_ids_speculative(
     on_token: Callable[[int], None] | None = None,
     tie_margin: float | None = None,
 ) -> tuple[list[int], GenerationStats]:
-    """Like `decode_loop.generate_ids`, drafting `k` tokens per call with the MTP heads.
-
-    tie_margin: the greedy guard (module doc); None takes `exactness(backend)`'s, 0 turns it off."""
-    check_speculative(k, backend.n_mtp)
-    if not prompt_ids:
-        raise OmniCoderError("the prompt encodes to no tokens; pass some text")
-    if tie_margin is None:
-        tie_margin = exactness(backend).tie_margin
-    run = _Run(backend, prompt_ids, max_new_tokens, sampler, eos_id, k, on_token, tie_margin if sampler.greedy else 0)
-    backend.reset()
-    start = time.perf_counter()
-    logits = backend.step(list(prompt_ids), list(range(len(prompt_ids))))  # the prefill exactly as plain decoding
-    run.stats.prefill_seconds = time.perf_counter() - start
-    check_finite(logits)
-    start = time.perf_counter()
-    heads, pending = None, None  # no drafts until a verify call returns the MTP heads' logits
-    while run.emit(sampler.sample(logits) if pending is None else pending):
-        state = run.call(run.out[-1], heads)
-        if state is None:
-            break
-        logits, heads, pending = state
-    run.stats.decode_seconds = time.perf_counter() - start if run.out else 0.0
-    run.stats.generated_tokens = len(run.out)
-    run.stats.peak_rss_mb = peak_rss_mb()
-    return run.out, run.stats
+    """`decode_loop.generate_ids` with the `Speculation` strategy (k drafts per call; tie_margin as there)."""
+    strategy = Speculation(backend, sampler, k, tie_margin)
+    return generate_ids(backend, prompt_ids, max_new_tokens, sampler, eos_id, on_token, strategy)
