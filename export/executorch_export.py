@@ -25,19 +25,10 @@ from omnicoder.export.bundle_writer import DEFAULT_PAGE_LEN, common_manifest, kv
 from omnicoder.runtimes.bundle import finalize_bundle
 from tqdm import tqdm
 
+from omnicoder import io_contract as io
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
-from omnicoder.io_contract import (
-    INPUT_IDS,
-    LOGITS,
-    MTP_LOGITS,
-    POSITION_IDS,
-    RETENTION,
-    kv_names,
-    output_names,
-    query_names,
-)
 
 WEIGHT_MODES = ("fp32", "8da4w")
 KV_MODES = ("buffer", "io")
@@ -176,7 +167,7 @@ def _trace_io(model, options: ExecuTorchExportOptions):
     ids, positions, past = example_inputs(model.config, batch=1, seq=3, past=5)
     seq = torch.export.Dim("sequence", min=1, max=options.max_seq_len)
     past_len = torch.export.Dim("past_sequence", min=0, max=options.max_seq_len)
-    shapes = {INPUT_IDS: {1: seq}, POSITION_IDS: {1: seq}, "past": tuple({2: past_len} for _ in past)}
+    shapes = {io.INPUT_IDS: {1: seq}, io.POSITION_IDS: {1: seq}, "past": tuple({2: past_len} for _ in past)}
     step = IOStep(model, options.attention).eval()
     program = torch.export.export(step, (ids, positions, *past), dynamic_shapes=shapes, strict=False)
     return program.run_decompositions({}), []
@@ -276,20 +267,24 @@ def _program_io(config: OmniCoderConfig, options: ExecuTorchExportOptions) -> tu
             {"name": "input_pos", "dtype": "int64", "shape": [1]},
         ]
         return inputs, [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", config.vocab_size]}]
-    past, present = kv_names(config)
+    past, present = io.kv_names(config)
     c, seq = config, "sequence"
     inputs = [
-        {"name": INPUT_IDS, "dtype": "int64", "shape": [1, seq]},
-        {"name": POSITION_IDS, "dtype": "int64", "shape": [1, seq]},
+        {"name": io.INPUT_IDS, "dtype": "int64", "shape": [1, seq]},
+        {"name": io.POSITION_IDS, "dtype": "int64", "shape": [1, seq]},
     ]
     widths = [c.kv_key_dim, c.kv_value_dim] * c.n_layers if c.kv_value_dim else [c.kv_key_dim] * c.n_layers
     inputs += [
         {"name": n, "dtype": "float32", "shape": [1, c.kv_heads, "past_sequence", w]} for n, w in zip(past, widths)
     ]
-    shapes = {LOGITS: [1, seq, c.vocab_size], MTP_LOGITS: [1, seq, c.n_mtp, c.vocab_size], RETENTION: [1, seq, 3]}
+    shapes = {
+        io.LOGITS: [1, seq, c.vocab_size],
+        io.MTP_LOGITS: [1, seq, c.n_mtp, c.vocab_size],
+        io.RETENTION: [1, seq, 3],
+    }
     shapes |= {n: [1, c.kv_heads, "total_sequence", w] for n, w in zip(present, widths)}
-    shapes |= {n: [1, c.n_heads, seq, c.kv_key_dim] for n in query_names(c)}
-    outputs = [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in output_names(config)]
+    shapes |= {n: [1, c.n_heads, seq, c.kv_key_dim] for n in io.query_names(c)}
+    outputs = [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in io.output_names(config)]
     return inputs, outputs
 
 

@@ -12,7 +12,7 @@ programs by these names, the manifest's graph.kv section records the templates, 
 
 from __future__ import annotations
 
-from typing import Protocol
+from omnicoder.config import OmniCoderConfig
 
 INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
@@ -23,22 +23,6 @@ PAST = "past_key_values.{layer}.{kind}"  # kind: "key" | "value"
 PRESENT = "present.{layer}.{kind}"
 QUERY = "query.{layer}"
 KINDS = ("key", "value")
-
-
-class KVShape(Protocol):
-    """What the contract reads of a model config (omnicoder.config.OmniCoderConfig has it)."""
-
-    n_layers: int
-    kv_key_dim: int
-    kv_value_dim: int
-    n_mtp: int
-    retention_head: bool
-
-
-class KVComponents(Protocol):
-    """A stored-KV format: (name suffix, dtype, width) of each tensor storing rows of `width` (KVQuantSpec)."""
-
-    def components(self, width: int) -> list[tuple[str, str, int]]: ...
 
 
 def past_name(layer: int, kind: str, suffix: str = "") -> str:
@@ -53,14 +37,15 @@ def query_name(layer: int) -> str:
     return QUERY.format(layer=layer)
 
 
-def kv_slots(config: KVShape) -> list[tuple[int, str, int]]:
+def kv_slots(config: OmniCoderConfig) -> list[tuple[int, str, int]]:
     """(layer, "key" | "value", row width) of every cached tensor, in graph order (MLA: keys only)."""
     kinds = [("key", config.kv_key_dim)] + ([("value", config.kv_value_dim)] if config.kv_value_dim > 0 else [])
     return [(i, kind, width) for i in range(config.n_layers) for kind, width in kinds]
 
 
-def kv_names(config: KVShape, spec: KVComponents | None = None) -> tuple[list[str], list[str]]:
-    """Input and output names of the KV tensors, in order (a quantized KV format: codes, then scales ...)."""
+def kv_names(config: OmniCoderConfig, spec=None) -> tuple[list[str], list[str]]:
+    """Input and output names of the KV tensors, in order. `spec`: a stored-KV format with `components(width)`
+    (kv_quant.KVQuantSpec; a quantized one names codes, then `_scale`, ...), None for float KV."""
     inputs, outputs = [], []
     for i, kind, width in kv_slots(config):
         for suffix in [c[0] for c in spec.components(width)] if spec is not None else [""]:
@@ -69,21 +54,21 @@ def kv_names(config: KVShape, spec: KVComponents | None = None) -> tuple[list[st
     return inputs, outputs
 
 
-def query_names(config: KVShape) -> list[str]:
+def query_names(config: OmniCoderConfig) -> list[str]:
     return [query_name(i) for i in range(config.n_layers)]
 
 
-def head_names(config: KVShape) -> list[str]:
+def head_names(config: OmniCoderConfig) -> list[str]:
     """The outputs before the KV: logits, then mtp_logits and retention when the model has those heads."""
     return [LOGITS] + [MTP_LOGITS] * bool(config.n_mtp) + [RETENTION] * bool(config.retention_head)
 
 
-def output_names(config: KVShape, spec: KVComponents | None = None, queries: bool = True) -> list[str]:
+def output_names(config: OmniCoderConfig, spec=None, queries: bool = True) -> list[str]:
     """Every output of a decode step, in order."""
     return head_names(config) + kv_names(config, spec)[1] + (query_names(config) if queries else [])
 
 
-def kv_templates(config: KVShape) -> dict[str, str | None]:
+def kv_templates(config: OmniCoderConfig) -> dict[str, str | None]:
     """The per-layer name templates the manifest's graph.kv section records (None: MLA has no value tensors)."""
     has_values = config.kv_value_dim > 0
     return {

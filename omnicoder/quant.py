@@ -100,12 +100,8 @@ class QuantLinearOp(QuantLinear):
 
     def __init__(self, layer: QuantLinear) -> None:
         nn.Module.__init__(self)
-        self.in_features, self.out_features, self.bits, self.block = (
-            layer.in_features,
-            layer.out_features,
-            layer.bits,
-            layer.block,
-        )
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.bits, self.block = layer.bits, layer.block
         for name in ("qweight", "scales", "zero_points"):
             self.register_buffer(name, getattr(layer, name))
         self.bias = layer.bias
