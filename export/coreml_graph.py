@@ -7,7 +7,7 @@
   causal rule is also applied in-graph from those positions, so an all-zero mask is valid; negative entries hide
   more slots. MLA caches its latent rows in keyCache; values are rows[..., :kv_latent_dim], so valueCache is a
   [1, 1, 1, 1, 1] placeholder (zeroed each step) that exists only because swift-transformers needs both states.
-- io (`--kv io`, alias `stream`; iOS17+): `omnicoder.decode_step.DecodeStep` with `coreml_ops.KVIOSlot` (explicit KV
+- io (`--kv io`, alias `stream`; iOS17+): `omnicoder.decode_step.DecodeStep` with `coreml_ops.IOKVSlot` (explicit KV
   in, present KV out, the I/O contract of `omnicoder.io_contract`, names made Core ML-safe) as the `decode`
   function, plus a `prefill` function with no past inputs (Core ML has no zero-length inputs); both live in one
   multifunction .mlpackage sharing their weights (iOS18), or in two packages (iOS17 has no multifunction models).
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omnicoder.export.coreml_ops import KVIOSlot, StateSlot, mla_decompositions, register_lowerings
+from omnicoder.export.coreml_ops import IOKVSlot, StateSlot, mla_decompositions, register_lowerings
 from torch import nn
 
 from omnicoder.decode_step import DecodeStep
@@ -79,7 +79,7 @@ class PrefillStep(DecodeStep):
     """DecodeStep with an empty past: forward(input_ids, position_ids) -> the same outputs."""
 
     def __init__(self, model: OmniCoder) -> None:
-        super().__init__(model, slot_class=KVIOSlot)
+        super().__init__(model, slot_class=IOKVSlot)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor):  # type: ignore[override]
         c = self.model.config
@@ -90,7 +90,7 @@ class PrefillStep(DecodeStep):
 
 def decode_step(model: OmniCoder) -> DecodeStep:
     """The `decode` function's module: KV in, present KV out, Core ML attention."""
-    return DecodeStep(model, slot_class=KVIOSlot)
+    return DecodeStep(model, slot_class=IOKVSlot)
 
 
 def _export(module: nn.Module, args: tuple, dynamic_shapes, native_mla: bool):

@@ -8,7 +8,7 @@
 - GQA layers call `grouped_sdpa`: the query heads of each KV head become extra query rows, so MIL's SDPA (which
   needs equal batch/head dims and takes no `scale`) runs once per layer without copying K/V.
 - The KV-slot classes (`omnicoder.kv_slot`): `StateSlot` (stateful models) writes a layer's new keys into the
-  stacked `keyCache` / `valueCache` buffers at slots [end - T, end) and attends over slots [0, end); `KVIOSlot`
+  stacked `keyCache` / `valueCache` buffers at slots [end - T, end) and attends over slots [0, end); `IOKVSlot`
   (`--kv io`: KV in, present KV out) concatenates past and new and attends the same way.
 """
 
@@ -232,7 +232,7 @@ class StateSlot(StaticKVSlot):
 # ---- KV-in / KV-out graphs -----------------------------------------------------------------------------
 
 
-class KVIOSlot(PastKV):
+class IOKVSlot(PastKV):
     """One layer's past KV tensors (KV in / KV out): past + new by concatenation, attended like StateSlot."""
 
     @staticmethod
@@ -242,7 +242,7 @@ class KVIOSlot(PastKV):
 
     @staticmethod
     def sdpa(q, keys, values, scale: float, window: int) -> torch.Tensor:
-        return grouped_sdpa(q, keys, values, KVIOSlot.mask(q.shape[2], keys.shape[2], window), scale)
+        return grouped_sdpa(q, keys, values, IOKVSlot.mask(q.shape[2], keys.shape[2], window), scale)
 
     def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
         rows = self.rows(row)

@@ -9,7 +9,7 @@ decides where the cache lives and how attention lowers, so a target changes the 
 - `CustomOpKV`: the same as single `torch.ops.omnicoder.*` nodes, which the ONNX exporter translates.
 - `static_kv.StaticKVSlot`: a fixed-capacity cache inside the program (ExecuTorch buffers, Core ML states).
 - `kv_quant.QuantizedKVSlot`: the past in quantized form, attended with the slot class's `sdpa` kernel.
-- Exporters add their own: Core ML's `KVIOSlot` (grouped SDPA), ExecuTorch's `IOKVSlot` (llama::custom_sdpa).
+- Exporters add their own: Core ML's `IOKVSlot` (grouped SDPA), ExecuTorch's `IOKVSlot` (llama::custom_sdpa).
 """
 
 from __future__ import annotations
