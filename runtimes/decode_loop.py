@@ -74,11 +74,6 @@ class Run:
     stats: GenerationStats
     out: list[int] = field(default_factory=list)
 
-    def token_at(self, position: int) -> int:
-        """The prompt's or the output's token at an absolute position."""
-        index = position - self.first
-        return self.prompt[index] if index < len(self.prompt) else self.out[index - len(self.prompt)]
-
 
 class Strategy(Protocol):
     def tokens(self, run: Run) -> Iterator[int]:

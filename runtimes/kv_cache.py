@@ -13,7 +13,7 @@ Which cache a bundle and the KV flags get is decided in one place: runtimes/cach
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from omnicoder.runtimes.kv_layout import KVLayout
@@ -28,8 +28,8 @@ def as_numpy(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-class KVCache:
-    """The interface (and its defaults: a cache that holds every token and wants nothing but the presents)."""
+class KVCache(Protocol):
+    """The interface; its defaults suit a cache that holds every token and wants nothing but the presents."""
 
     in_place = False  # feeds() are fixed buffers bound as both past and present; the graph writes new rows
     tokens_per_call: int | None = None  # most tokens one call may take (a policy acting between calls); None: any
@@ -38,26 +38,20 @@ class KVCache:
     @property
     def length(self) -> int:
         """Tokens fed so far (evicted ones included): the absolute position of the next token."""
-        raise NotImplementedError
 
     def feeds(self) -> dict[str, Any]:
         """Past KV inputs by graph input name (numpy arrays or the graph's own output values)."""
-        raise NotImplementedError
 
     def update(self, presents: dict[str, Any], new_tokens: int) -> None:
         """Take the graph's present KV outputs (past + the new tokens) by graph input name."""
-        raise NotImplementedError
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (speculative decoding's rollback, a chat's rewind)."""
-        raise NotImplementedError
 
-    def reset(self) -> None:
-        raise NotImplementedError
+    def reset(self) -> None: ...
 
     def nbytes(self) -> int:
         """Resident bytes of KV data."""
-        raise NotImplementedError
 
     def observe_outputs(self, outputs: dict[str, np.ndarray]) -> None:
         """The `extra_outputs` of a call over this cache's feeds (numpy, by name), before `update`."""

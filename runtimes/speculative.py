@@ -235,10 +235,11 @@ class _Verifier:
     def replay(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
         """Recompute the cache from the last clean row to `upto` one token per call, as plain decoding did; the
         last row's logits and MTP logits (plain decoding's own)."""
+        tokens, first = self.run.prompt + self.run.out, self.run.first  # the token at each cached position
         self.backend.truncate(self.clean)
         for position in range(self.clean, upto - 1):
-            self.backend.step([self.run.token_at(position)], [position])
-        logits, mtp = self.backend.verify([self.run.token_at(upto - 1)], [upto - 1])
+            self.backend.step([tokens[position - first]], [position])
+        logits, mtp = self.backend.verify([tokens[upto - 1 - first]], [upto - 1])
         self.run.stats.model_calls += upto - self.clean
         self.clean = upto
         return logits[0], mtp[0]
