@@ -343,8 +343,7 @@ def fp16_cases() -> dict:
 def retention_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, retention_sidecar
     from omnicoder.runtimes.kv_format import NF4_LEVELS, NF4_MIDPOINTS
-    from omnicoder.runtimes.kv_retention import RetentionPolicy
-    from omnicoder.runtimes.onnx_session import RETENTION_CHUNK
+    from omnicoder.runtimes.kv_retention import RETENTION_CHUNK, RetentionPolicy
 
     cases = []
     for seed, (name, kv, n_layers, settings, updates, with_logits) in enumerate(STORE_CASES):
