@@ -52,7 +52,8 @@ class InPlaceProgram(Program, Protocol):
 
 class GraphBackend:
     """Batch-1 decode steps through a bundle's graph and a KV cache (the decode loop's StepBackend, plus
-    `verify`/`truncate` for speculative decoding and `step_all`/`full_logits` for scoring)."""
+    `verify`/`truncate` for speculative decoding and `step_all`/`full_logits` for scoring). A --kv-io shared
+    bundle needs an `InPlaceProgram`."""
 
     def __init__(
         self,
