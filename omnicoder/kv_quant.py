@@ -29,8 +29,7 @@ import torch
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.kv_slot import KVSlot
-from omnicoder.runtimes.kv_format import NF4_LEVELS as _NF4_LEVELS
-from omnicoder.runtimes.kv_format import group_for as _group_for
+from omnicoder.runtimes import kv_format
 
 KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
 ROTATIONS = ("none", "hadamard")
@@ -38,7 +37,7 @@ ROTATIONS = ("none", "hadamard")
 # and does nothing for u8
 DEFAULT_ROTATION = {"fp32": "none", "fp16": "none", "u8": "none", "nf4": "hadamard"}
 # QLoRA's NormalFloat-4 levels, defined once in the torch-free runtime (float32 values)
-NF4_LEVELS = tuple(float(level) for level in _NF4_LEVELS)
+NF4_LEVELS = tuple(float(level) for level in kv_format.NF4_LEVELS)
 TINY = 1e-6  # smallest scale stored (keeps all-equal groups finite)
 
 
@@ -65,21 +64,14 @@ class KVQuantSpec:
 
     def group_for(self, width: int) -> int:
         """The group used for rows of `width`: the largest power of two <= `group` that divides it."""
-        g = _group_for(width, self.group)
+        g = kv_format.group_for(width, self.group)
         if g < 2 and self.quantized:
             raise OmniCoderError(f"KV rows of width {width} cannot be cut into groups; use --kv fp16")
         return g
 
     def components(self, width: int) -> list[tuple[str, str, int]]:
         """(name suffix, numpy dtype, width) of each tensor that stores rows of `width`."""
-        if self.dtype == "fp32":
-            return [("", "float32", width)]
-        if self.dtype == "fp16":
-            return [("", "float16", width)]
-        groups = width // self.group_for(width)
-        if self.dtype == "u8":
-            return [("", "uint8", width), ("_scale", "float16", groups), ("_min", "float16", groups)]
-        return [("", "uint8", width // 2), ("_scale", "float16", groups)]
+        return kv_format.components(self.dtype, width, self.group_for(width) if self.quantized else 0)
 
     def bytes_per_row(self, width: int) -> int:
         sizes = {"float32": 4, "float16": 2, "uint8": 1}

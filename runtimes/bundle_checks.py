@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omnicoder.runtimes import kv_format
+
 from omnicoder.errors import OmniCoderError
 
 FIX = "re-export the bundle with omnicoder-export"
@@ -24,17 +26,13 @@ def _fail(message: str) -> None:
 
 def expected_components(kv_dtype: str, width: int, group: Any) -> list[tuple[str, str, int]]:
     """(suffix, dtype, width) of the tensors storing rows of `width` in `kv_dtype` (as omnicoder.kv_quant)."""
-    if kv_dtype == "fp32":
-        return [("", "float32", width)]
-    if kv_dtype == "fp16":
-        return [("", "float16", width)]
+    if kv_dtype in ("fp32", "fp16"):
+        return kv_format.components(kv_dtype, width, 0)
     if not isinstance(group, int) or isinstance(group, bool) or group < 2 or group & (group - 1) or width % group:
         _fail(f"manifest.json: KV rows of width {width} cannot use quantization group {group!r}")
-    if kv_dtype == "u8":
-        return [("", "uint8", width), ("_scale", "float16", width // group), ("_min", "float16", width // group)]
-    if width % 2:
+    if kv_dtype == "nf4" and width % 2:
         _fail(f"manifest.json: nf4 KV rows need an even width, got {width}")
-    return [("", "uint8", width // 2), ("_scale", "float16", width // group)]
+    return kv_format.components(kv_dtype, width, group)
 
 
 def _components(storage: dict, side: str) -> list[tuple[str, str, int]]:

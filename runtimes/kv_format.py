@@ -65,6 +65,18 @@ def row_bytes(width: int, kv_dtype: str, group: int = QUANT_GROUP) -> int:
     return math.ceil(width * ELEMENT_BYTES[kv_dtype]) + groups * GROUP_OVERHEAD_BYTES[kv_dtype]
 
 
+def components(kv_dtype: str, width: int, group: int) -> list[tuple[str, str, int]]:
+    """(name suffix, numpy dtype, width) of each tensor storing rows of `width` cut into groups of `group`
+    (the group itself, as `group_for` chose it; unused for fp32/fp16)."""
+    if kv_dtype == "fp32":
+        return [("", "float32", width)]
+    if kv_dtype == "fp16":
+        return [("", "float16", width)]
+    if kv_dtype == "u8":
+        return [("", "uint8", width), ("_scale", "float16", width // group), ("_min", "float16", width // group)]
+    return [("", "uint8", width // 2), ("_scale", "float16", width // group)]
+
+
 def quantize(rows: np.ndarray, kv_dtype: str, group: int) -> list[np.ndarray]:
     """Float rows [..., W] -> the stored tensors (codes first, then scales and minima)."""
     if kv_dtype in ("fp32", "fp16"):
