@@ -59,9 +59,8 @@ def make_cache(
         if retention.policy == "learned" and not bundle.model["retention_head"]:
             raise OmniCoderError("--retention learned needs a model with a retention head; use streaming or h2o")
         h2o = retention.policy == "h2o"
-        cache = RetentionKVCache(layout, retention, query_scale(bundle.model), queries if h2o else None)
         _check_queries("--retention h2o" if h2o else None, queries, output_names)
-        return cache
+        return RetentionKVCache(layout, retention, query_scale(bundle.model), queries if h2o else None)
     if paging is None:
         return ContiguousKVCache(layout)
     if paging.page_len > context:
@@ -74,9 +73,8 @@ def make_cache(
         )
     predicted = paging.predicted_pages > 0
     keys = [names[0] for names in layout.key_slots]  # a layer's queries score its key codes' summaries
-    cache = PagedKVCache(layout, paging, queries=dict(zip(queries, keys, strict=True)) if predicted else None)
     _check_queries("--predicted-pages" if predicted else None, queries, output_names)
-    return cache
+    return PagedKVCache(layout, paging, queries=dict(zip(queries, keys, strict=True)) if predicted else None)
 
 
 def _check_queries(flag: str | None, queries: list[str], output_names: list[str]) -> None:
