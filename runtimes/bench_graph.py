@@ -1,8 +1,8 @@
 """Op inventories of ONNX graphs: the node counts of a model file (read with `onnx`, weights left on disk), and
 the per-node provider assignment from an onnxruntime profile. Torch-free.
 
-`onnx` is not a dependency of the runtime install (onnxruntime + numpy): it is imported when a graph is read,
-and its absence is a one-line error (`pip install onnx`, or omnicoder[onnx]).
+`onnx` (a dependency of the base install, for this bench) is imported only when a graph is read, so the
+runners never load it; a trimmed install without it gets a one-line error (`pip install onnx`).
 """
 
 from __future__ import annotations
