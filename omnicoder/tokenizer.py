@@ -18,7 +18,7 @@ from omnicoder.errors import OmniCoderError
 BYTE_TOKENIZER_TYPE = "omnicoder-byte"
 
 
-class StreamDecoder(Protocol):
+class IncrementalDecoder(Protocol):
     def push(self, token_id: int) -> str: ...
     def flush(self) -> str: ...
 
@@ -33,11 +33,11 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
-    def stream_decoder(self) -> StreamDecoder: ...
+    def incremental_decoder(self) -> IncrementalDecoder: ...
     def to_json(self) -> str: ...
 
 
-class _ByteStreamDecoder:
+class _ByteIncrementalDecoder:
     """Turns byte ids into text as they arrive, holding back incomplete UTF-8 sequences."""
 
     def __init__(self) -> None:
@@ -82,8 +82,8 @@ class ByteTokenizer:
         data = bytes(i for i in ids if 0 <= i < 256)
         return data.decode("utf-8", errors="surrogatepass")
 
-    def stream_decoder(self) -> StreamDecoder:
-        return _ByteStreamDecoder()
+    def incremental_decoder(self) -> IncrementalDecoder:
+        return _ByteIncrementalDecoder()
 
     def to_json(self) -> str:
         spec = {
@@ -96,7 +96,7 @@ class ByteTokenizer:
         return json.dumps(spec, indent=2) + "\n"
 
 
-class _HFStreamDecoder:
+class _HFIncrementalDecoder:
     """Streams text from a subword tokenizer by decoding the growing id list and emitting the new suffix."""
 
     def __init__(self, tokenizer: HFTokenizer) -> None:
@@ -157,8 +157,8 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
-    def stream_decoder(self) -> StreamDecoder:
-        return _HFStreamDecoder(self)
+    def incremental_decoder(self) -> IncrementalDecoder:
+        return _HFIncrementalDecoder(self)
 
     def token_text(self, token_id: int) -> str | None:
         """The vocabulary entry of an id (e.g. the BOS token's text for a chat template), None when out of range."""

@@ -88,7 +88,7 @@ class ChatSession:
                 "start a new chat (or shorten the message)"
             )
         new = self._rewind(ids)
-        decoder = self.tokenizer.stream_decoder()
+        decoder = self.tokenizer.incremental_decoder()
         pieces: list[str] = []
 
         def emit(piece: str) -> None:

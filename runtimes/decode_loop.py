@@ -171,7 +171,7 @@ def generate_text(
     """Generate a completion of `prompt`, streaming decoded text pieces to on_text.
 
     speculative > 0 drafts that many tokens per step with the MTP heads (`runtimes.speculative`)."""
-    decoder = tokenizer.stream_decoder()
+    decoder = tokenizer.incremental_decoder()
     pieces: list[str] = []
 
     def emit(piece: str) -> None:

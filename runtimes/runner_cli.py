@@ -104,13 +104,13 @@ def paging_policy(args, bundle):
 
 
 def score(backend, bundle, files: list[str], window: int) -> dict:
-    """Bits per byte of `files`: windowed teacher forcing, or one streamed sequence through a paged cache."""
+    """Bits per byte of `files`: windowed teacher forcing, or the whole file as one sequence through a paged cache."""
     from omnicoder.runtimes.scoring import bits_per_byte, encode_documents, read_files, streaming_bits_per_byte
 
     byte_level = bundle.manifest["tokenizer"]["type"] == "omnicoder-byte"
     docs, n_bytes = encode_documents(bundle.tokenizer(), read_files(files, "--score"), byte_level, "--score")
-    streamed = getattr(backend, "paging", None) is not None or getattr(backend, "retention", None) is not None
-    if streamed:  # each file as one sequence through the paged / budgeted cache
+    one_sequence = getattr(backend, "paging", None) is not None or getattr(backend, "retention", None) is not None
+    if one_sequence:  # each file as one sequence through the paged / budgeted cache
         result = streaming_bits_per_byte(backend, docs, bundle.model["bos_id"], progress=True, n_bytes=n_bytes)
         result["files"] = len(docs)
         return result

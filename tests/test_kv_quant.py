@@ -80,9 +80,10 @@ def test_groups_adapt_to_row_width() -> None:
 
 @pytest.mark.parametrize("name", ["gqa-u8", "mla-nf4-had"])
 def test_graph_matches_torch_reference_and_stores_only_quantized_kv(bundles, name: str) -> None:
-    from omnicoder.decode_step import DecodeStep, example_inputs
     from omnicoder.runtimes.bundle import open_bundle
     from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+
+    from omnicoder.decode_step import DecodeStep, example_inputs
 
     model, _, path = bundles[name]
     bundle = open_bundle(path)

@@ -15,8 +15,8 @@ def test_byte_round_trip_any_text(text):
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
-def test_stream_decoder_matches_decode(text):
-    decoder = TOK.stream_decoder()
+def test_incremental_decoder_matches_decode(text):
+    decoder = TOK.incremental_decoder()
     streamed = "".join(decoder.push(i) for i in TOK.encode(text, add_bos=True)) + decoder.flush()
     assert streamed == text
 
@@ -52,5 +52,5 @@ def test_hf_tokenizer_adapter(tmp_path):
     text = "def add(x, y):\n    return x + y  # é\n"
     ids = adapter.encode(text, add_bos=True)
     assert ids[0] == 0 and adapter.decode(ids) == text
-    decoder = adapter.stream_decoder()
+    decoder = adapter.incremental_decoder()
     assert "".join(decoder.push(i) for i in ids) + decoder.flush() == text

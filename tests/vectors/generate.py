@@ -94,7 +94,7 @@ def tokenizer_vectors() -> dict:
     decode = [{"ids": ids, "text": portable(tok.decode(ids)), "utf16": utf16(tok.decode(ids))} for ids in DECODE_IDS]
     stream = []
     for ids in STREAM_IDS:
-        decoder = tok.stream_decoder()
+        decoder = tok.incremental_decoder()
         pieces = [decoder.push(i) for i in ids]
         stream.append({"ids": ids, "pieces": pieces, "flush": decoder.flush()})
     spec = json.loads(tok.to_json())
