@@ -105,35 +105,22 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
     quant_linear_op = values.Op(values.Opset("omnicoder", 1), "QuantLinear", _quant_linear_schema())
     gqa_op = values.Op(values.Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
-    def causal_mask(total, new, window: int):
-        """Bool [T, S]: bottom-right causal over the cache slots; with window > 0 only the last `window` slots."""
-        zero, one = op.Constant(value_ints=[0]), op.Constant(value_ints=[1])
-        q_idx = op.Unsqueeze(op.Range(op.Squeeze(op.Sub(total, new)), op.Squeeze(total), op.Squeeze(one)), one)
-        k_idx = op.Unsqueeze(op.Range(op.Squeeze(zero), op.Squeeze(total), op.Squeeze(one)), zero)
-        mask = op.LessOrEqual(k_idx, q_idx)
-        if window > 0:
-            mask = op.And(mask, op.Less(op.Sub(q_idx, k_idx), op.Constant(value_ints=[window])))
-        return mask
-
-    def attention_onnx(q, k, v, past_k, past_v, scale: float, window: int):
-        if window > 0:  # sliding window: an explicit mask instead of is_causal
-            total = op.Add(op.Shape(past_k, start=2, end=3), op.Shape(k, start=2, end=3))
-            mask = causal_mask(total, op.Shape(q, start=2, end=3), window)
+    def attention_onnx(q, k, v, past_k, past_v, mask, scale: float, window: int):
+        if window > 0:  # sliding window: the slot's mask (ops.causal_mask) instead of is_causal
             y, present_k, present_v, _ = op.Attention(q, k, v, mask, past_k, past_v, scale=scale)
             return y, present_k, present_v
         y, present_k, present_v, _ = op.Attention(q, k, v, None, past_k, past_v, is_causal=1, scale=scale)
         return y, present_k, present_v
 
-    def latent_attention_onnx(q, row, past_rows, latent_dim: int, scale: float, window: int):
+    def latent_attention_onnx(q, row, past_rows, mask, latent_dim: int, scale: float):
         rows = op.Concat(past_rows, row, axis=2)
         values = op.Slice(
             rows, op.Constant(value_ints=[0]), op.Constant(value_ints=[latent_dim]), op.Constant(value_ints=[3])
         )
-        mask = causal_mask(op.Shape(rows, start=2, end=3), op.Shape(q, start=2, end=3), window)  # [T, S]
         y, _, _, _ = op.Attention(q, rows, values, mask, scale=scale)
         return y, rows
 
-    def attention_gqa(q, k, v, past_k, past_v, scale: float, window: int):
+    def attention_gqa(q, k, v, past_k, past_v, mask, scale: float, window: int):
         # com.microsoft.GroupQueryAttention takes BSH (3-D) queries and BNSH caches
         heads, kv_heads = config.n_heads, config.n_kv_heads
         q3 = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))
@@ -163,9 +150,8 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
         y = op.Transpose(op.Reshape(y3, shape), perm=[0, 2, 1, 3])
         return y, present_k, present_v
 
-    def masked_attention_onnx(q, k, v, scale: float, window: int):
-        """Attention over an assembled cache [B, H, S, D] with a bottom-right causal (optionally banded) mask."""
-        mask = causal_mask(op.Shape(k, start=2, end=3), op.Shape(q, start=2, end=3), window)
+    def masked_attention_onnx(q, k, v, mask, scale: float):
+        """Attention over an assembled cache [B, H, S, D] with the slot's bottom-right causal (banded) mask."""
         y, _, _, _ = op.Attention(q, k, v, mask, scale=scale)
         return y
 

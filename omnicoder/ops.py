@@ -8,7 +8,9 @@ ops instead (through its KV-slot class, `omnicoder.kv_slot`, and `omnicoder.quan
   `com.microsoft.GroupQueryAttention`).
 - latent_attention (MLA over its latent cache, V = K[..., :latent]): ONNX Concat + `Attention`.
 - masked_attention (attention over a cache the caller assembled, e.g. dequantized KV): ONNX `Attention`
-  with an explicit bottom-right causal mask.
+  with an explicit mask.
+The attention ops take the slot's `causal_mask` (the one mask every target uses) as an input where they need one
+(a sliding window, MLA's rows, an assembled cache), so a graph computes it once, from the same rule.
 - quant_linear / quant_linear_zp: ONNX DequantizeLinear(int4, block 32) + MatMul (ORT fuses it into MatMulNBits),
   or MatMulNBits directly, or int8 dynamic quantization; Core ML `constexpr_blockwise_shift_scale`.
 """
@@ -93,6 +95,11 @@ def quant_linear(x, qweight, scales, bias, bits: int, zero_points=None) -> torch
 # ---- custom ops: the same math as single graph nodes for exporters ---------------------------------
 
 
+def masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q [B, Hq, T, D] over k/v [B, Hkv, S, D*] where the bool mask [T, S] allows (GQA when Hq > Hkv)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
 @torch.library.custom_op("omnicoder::cached_attention", mutates_args=())
 def _cached_attention_op(
     q: torch.Tensor,
@@ -100,39 +107,43 @@ def _cached_attention_op(
     v: torch.Tensor,
     past_k: torch.Tensor,
     past_v: torch.Tensor,
+    mask: torch.Tensor | None,
     scale: float,
     window: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mask`: causal_mask's [T, S] for a sliding window (None: plain causal, bottom-right aligned)."""
     out, keys, values = cached_attention(q, k, v, past_k, past_v, scale, window)
     return out, keys.clone(), values.clone()
 
 
 @_cached_attention_op.register_fake
-def _(q, k, v, past_k, past_v, scale, window):
+def _(q, k, v, past_k, past_v, mask, scale, window):
     keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
     return q.new_empty(*q.shape[:3], v.shape[3]), keys, values
 
 
 @torch.library.custom_op("omnicoder::latent_attention", mutates_args=())
 def _latent_attention_op(
-    q: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor, latent_dim: int, scale: float, window: int
+    q: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor, mask: torch.Tensor, latent_dim: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, rows = latent_attention(q, row, past_rows, latent_dim, scale, window)
-    return out, rows.clone()
+    rows = kv_update(past_rows, row)
+    return masked_sdpa(q, rows, rows[..., :latent_dim], mask, scale), rows.clone()
 
 
 @_latent_attention_op.register_fake
-def _(q, row, past_rows, latent_dim, scale, window):
+def _(q, row, past_rows, mask, latent_dim, scale):
     return q.new_empty(*q.shape[:3], latent_dim), torch.cat((past_rows, row), dim=2)
 
 
 @torch.library.custom_op("omnicoder::masked_attention", mutates_args=())
-def _masked_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
-    return attention(q, k, v, scale, window)
+def _masked_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    return masked_sdpa(q, k, v, mask, scale)
 
 
 @_masked_attention_op.register_fake
-def _(q, k, v, scale, window):
+def _(q, k, v, mask, scale):
     return q.new_empty(*q.shape[:3], v.shape[3])
 
 
