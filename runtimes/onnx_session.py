@@ -93,11 +93,12 @@ class OnnxProgram:
 
     def run(self, feeds: dict, wanted: list[str]) -> list:
         binding = self._binding
+        values = {name: _ort_value(value) for name, value in feeds.items()}  # alive until the run: they hold the data
         try:
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
-            for name, value in feeds.items():
-                binding.bind_ortvalue_input(name, _ort_value(value))
+            for name, value in values.items():
+                binding.bind_ortvalue_input(name, value)
             for name in wanted:
                 binding.bind_output(name)
             self.session.run_with_iobinding(binding)
