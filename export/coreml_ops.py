@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from omnicoder import ops
 from omnicoder.kv_slot import PastKV
-from omnicoder.ops import causal_mask, newest_positions
+from omnicoder.ops import causal_mask, newest_mask
 from omnicoder.static_kv import StaticKVSlot
 
 MASKED = -30000.0  # additive mask value: large enough for softmax, safe in fp16 (coremltools uses the same)
@@ -238,7 +238,7 @@ class IOKVSlot(PastKV):
     @staticmethod
     def mask(q_len, kv_len, window: int) -> torch.Tensor:
         """[T, S] additive, bottom-right causal."""
-        return additive_mask(causal_mask(newest_positions(q_len, kv_len), kv_len, window))
+        return additive_mask(newest_mask(q_len, kv_len, window))
 
     @staticmethod
     def sdpa(q, keys, values, scale: float, window: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from omnicoder.decode_step import DecodeStep
 from omnicoder.kv_slot import PastKV
 from omnicoder.layers import RMSNorm
 from omnicoder.model import OmniCoder
-from omnicoder.ops import causal_mask, newest_positions
+from omnicoder.ops import causal_mask, newest_mask
 from omnicoder.static_kv import StaticCacheDecoder, StaticKVSlot
 
 ATTENTION_MODES = ("fused", "reference")
@@ -127,7 +127,7 @@ def _sdpa_any(q, keys, values, past_len, scale: float, window: int, fused: bool)
     """Causal attention of the T newest queries over keys/values [B, H, P + T, D] (bottom-right aligned)."""
     mask = None
     if window > 0 or not fused:
-        mask = causal_mask(newest_positions(q.shape[2], keys.shape[2], q.device), keys.shape[2], window)
+        mask = newest_mask(q.shape[2], keys.shape[2], window, q.device)
     if fused:
         bshd = [t.transpose(1, 2).contiguous() for t in (q, keys, values)]
         if window > 0:

@@ -71,24 +71,19 @@ class CustomOpKV(PastKV):
 
     @staticmethod
     def sdpa(q, keys, values, scale: float, window: int) -> torch.Tensor:
-        mask = newest_mask(q.shape[2], keys.shape[2], window, q.device)
+        mask = ops.newest_mask(q.shape[2], keys.shape[2], window, q.device)
         return torch.ops.omnicoder.masked_attention(q, keys, values, mask, scale)
 
     def attend(self, q, k, v, scale: float, window: int):
         past_k, past_v = (k[:, :, :0], v[:, :, :0]) if self.key is None else (self.key, self.value)
         total = past_k.shape[2] + k.shape[2]
-        mask = newest_mask(q.shape[2], total, window, q.device) if window > 0 else None
+        mask = ops.newest_mask(q.shape[2], total, window, q.device) if window > 0 else None
         return torch.ops.omnicoder.cached_attention(q, k, v, past_k, past_v, mask, scale, window)
 
     def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
         past_rows = row[:, :, :0] if self.key is None else self.key
-        mask = newest_mask(q.shape[2], past_rows.shape[2] + row.shape[2], window, q.device)
+        mask = ops.newest_mask(q.shape[2], past_rows.shape[2] + row.shape[2], window, q.device)
         return torch.ops.omnicoder.latent_attention(q, row, past_rows, mask, latent_dim, scale)
-
-
-def newest_mask(q_len, kv_len, window: int, device) -> torch.Tensor:
-    """causal_mask for the q_len newest of kv_len entries (bottom-right aligned)."""
-    return ops.causal_mask(ops.newest_positions(q_len, kv_len, device), kv_len, window)
 
 
 def as_slot(past: KVSlot | LayerKV | None) -> KVSlot:

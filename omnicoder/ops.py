@@ -46,6 +46,11 @@ def newest_positions(q_len, kv_len, device: torch.device | None = None) -> torch
     return torch.arange(q_len, device=device) + (kv_len - q_len)
 
 
+def newest_mask(q_len, kv_len, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """causal_mask for the q_len newest of kv_len entries (bottom-right aligned)."""
+    return causal_mask(newest_positions(q_len, kv_len, device), kv_len, window)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
     """Causal attention over the cache: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv] -> [B, Hq, T, Dv].
 
@@ -58,7 +63,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, w
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     if q_len == kv_len and window <= 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    mask = causal_mask(newest_positions(q_len, kv_len, q.device), kv_len, window)
+    mask = newest_mask(q_len, kv_len, window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
