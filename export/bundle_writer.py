@@ -30,6 +30,11 @@ RETENTION_DEFAULTS = {
 }
 
 
+def _scalar_fields(section: dict) -> dict:
+    """The section without list values (longrope factors stay in config.json; the graph applies them)."""
+    return {key: value for key, value in section.items() if not isinstance(value, list)}
+
+
 def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
     """The manifest's `model` section."""
     return {
@@ -45,7 +50,7 @@ def model_metadata(config: OmniCoderConfig, parameters: int) -> dict:
         "vocab_size": config.vocab_size,
         "context_length": config.max_seq_len,
         "parameters": parameters,
-        "rope": {"theta": config.rope_theta, "scaling": config.to_dict()["rope_scaling"]},
+        "rope": {"theta": config.rope_theta, "scaling": _scalar_fields(config.to_dict()["rope_scaling"])},
         "bos_id": config.bos_id,
         "eos_id": config.eos_id,
         "pad_id": config.pad_id,

@@ -14,7 +14,11 @@ from typing import Any
 from omnicoder.errors import OmniCoderError
 
 ATTENTION_KINDS = ("gqa", "mla")
-ROPE_SCALING_TYPES = ("none", "linear", "yarn", "llama3")
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "llama3", "longrope")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+NORM_PLACEMENTS = ("pre", "sandwich", "post")
+QK_NORM_SCOPES = ("head", "projection")
+MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 # upper bounds of the shape fields (the bundle schema's bounds; a config beyond them cannot be exported or loaded)
 LIMITS = {
     "vocab_size": 1 << 24,
@@ -32,23 +36,42 @@ LIMITS = {
     "original_max_position_embeddings": 1 << 24,
 }
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+MAX_LIST_LEN = 1 << 16  # longest list field (per-layer lists, longrope factors per rotary frequency)
+
+
+def _check_scalar(value: object, kind: str, where: str, limit: int | None) -> None:
+    allowed = _TYPES[kind]
+    if not isinstance(value, allowed) or (isinstance(value, bool) and kind != "bool"):
+        raise OmniCoderError(f"{where} must be of type {kind}, got {str(value)[:40]!r}")
+    if kind == "float" and not math.isfinite(value):  # type: ignore[arg-type]
+        raise OmniCoderError(f"{where} must be a finite number, got {value}")
+    if kind == "str" and len(value) > 200:  # type: ignore[arg-type]
+        raise OmniCoderError(f"{where} is longer than 200 characters")
+    if limit is not None and abs(value) > limit:  # type: ignore[arg-type]
+        raise OmniCoderError(f"{where} {value} is over the limit of {limit}")
 
 
 def check_types(obj: object, prefix: str = "config ") -> None:
-    """Each dataclass field holds its declared type (an int is not a bool, a float is finite) within LIMITS."""
+    """Each dataclass field holds its declared type (an int is not a bool, a float is finite) within LIMITS.
+
+    `list[T]` fields hold a JSON array (at most MAX_LIST_LEN items) of T.
+    """
     for f in fields(obj):  # type: ignore[arg-type]
-        value, allowed = getattr(obj, f.name), _TYPES.get(str(f.type))
-        if allowed is None:
-            continue
-        wrong = not isinstance(value, allowed) or (isinstance(value, bool) and f.type != "bool")
-        if wrong:
-            raise OmniCoderError(f"{prefix}{f.name} must be of type {f.type}, got {str(value)[:40]!r}")
-        if f.type == "float" and not math.isfinite(value):
-            raise OmniCoderError(f"{prefix}{f.name} must be a finite number, got {value}")
-        if f.type == "str" and len(value) > 200:
-            raise OmniCoderError(f"{prefix}{f.name} is longer than 200 characters")
-        if f.name in LIMITS and abs(value) > LIMITS[f.name]:
-            raise OmniCoderError(f"{prefix}{f.name} {value} is over the limit of {LIMITS[f.name]}")
+        value, kind, where = getattr(obj, f.name), str(f.type), f"{prefix}{f.name}"
+        if kind.startswith("list[") and kind.endswith("]"):
+            if not isinstance(value, list):
+                raise OmniCoderError(f"{where} must be a list of {kind[5:-1]}, got {str(value)[:40]!r}")
+            if len(value) > MAX_LIST_LEN:
+                raise OmniCoderError(f"{where} has {len(value)} items, over the limit of {MAX_LIST_LEN}")
+            for i, item in enumerate(value):
+                _check_scalar(item, kind[5:-1], f"{where}[{i}]", None)
+        elif kind in _TYPES:
+            _check_scalar(value, kind, where, LIMITS.get(f.name))
+
+
+def _copy_lists(data: dict[str, Any]) -> dict[str, Any]:
+    """Shallow copies of list values, so a config never shares a list with the dict it was built from."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in data.items()}
 
 
 @dataclass
@@ -61,6 +84,10 @@ class RopeScaling:
       attention temperature `0.1 * ln(factor) + 1` (YaRN, Peng et al. 2023), or `attention_factor` when > 0
       (Hugging Face configs may set it explicitly, or imply it through mscale / mscale_all_dim).
     - llama3: Llama 3.1's frequency-banded scaling (`low_freq_factor`, `high_freq_factor`).
+    - longrope: Phi-3.5 / Phi-4-mini (transformers' "longrope"/"su"): inverse frequencies divided by
+      `short_factor` while a chunk's largest position + 1 <= original_max_position_embeddings, else by
+      `long_factor` (one entry per rotary frequency each); cos/sin times `attention_factor` (0: derived,
+      sqrt(1 + ln(f) / ln(original_max_position_embeddings)) with f = max_seq_len / original_max, 1 when f <= 1).
     """
 
     type: str = "none"
@@ -71,6 +98,8 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     attention_factor: float = 0.0
+    short_factor: list[float] = field(default_factory=list)
+    long_factor: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         check_types(self, "rope_scaling.")
@@ -86,6 +115,17 @@ class RopeScaling:
             )
         if self.type != "none" and self.type != "linear" and self.original_max_position_embeddings <= 0:
             raise OmniCoderError(f"rope_scaling.type {self.type!r} needs original_max_position_embeddings > 0")
+        if self.type == "longrope":
+            if not self.short_factor or len(self.short_factor) != len(self.long_factor):
+                raise OmniCoderError(
+                    "rope_scaling 'longrope' needs short_factor and long_factor lists of the same, non-zero length"
+                )
+            if min(self.short_factor + self.long_factor) <= 0:
+                raise OmniCoderError("rope_scaling short_factor and long_factor entries must be > 0")
+        elif self.short_factor or self.long_factor:
+            raise OmniCoderError(
+                f"rope_scaling short_factor/long_factor are only for type 'longrope', not {self.type!r}; remove them"
+            )
 
 
 @dataclass
@@ -118,6 +158,20 @@ class OmniCoderConfig:
     n_mtp: int = 0
     retention_head: bool = False
     sliding_window: int = 0
+    # per-layer attention and family features (issue #20); every default keeps the plain Llama-style decoder
+    layer_types: list[str] = field(default_factory=list)
+    rope_local_theta: float = 0.0
+    nope_layers: list[int] = field(default_factory=list)
+    rotary_dim: int = 0
+    attention_scale: float = 0.0
+    attn_logit_softcap: float = 0.0
+    final_logit_softcap: float = 0.0
+    norm_placement: str = "pre"
+    qk_norm_scope: str = "head"
+    mlp_activation: str = "silu"
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logit_multiplier: float = 1.0
     bos_id: int = 256
     eos_id: int = 257
     pad_id: int = 258
@@ -125,7 +179,7 @@ class OmniCoderConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
-            self.rope_scaling = RopeScaling(**self.rope_scaling)
+            self.rope_scaling = RopeScaling(**_copy_lists(self.rope_scaling))
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> OmniCoderConfig:
@@ -165,7 +219,108 @@ class OmniCoderConfig:
             if not 0 <= value < self.vocab_size:
                 raise OmniCoderError(f"config {name}={value} is outside the vocabulary (size {self.vocab_size})")
         self.rope_scaling.validate()
+        self._validate_layers()
+        self._validate_family()
         return self
+
+    def _validate_layers(self) -> None:
+        """layer_types, nope_layers, rope_local_theta, rotary_dim and the longrope factor lengths."""
+        if self.layer_types:
+            if len(self.layer_types) != self.n_layers:
+                raise OmniCoderError(
+                    f"config layer_types has {len(self.layer_types)} entries for {self.n_layers} layers; "
+                    "give one per layer or none"
+                )
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown:
+                raise OmniCoderError(
+                    f"config layer_types entry {unknown[0]!r} is unknown; use {' or '.join(LAYER_TYPES)}"
+                )
+            if "sliding_attention" in self.layer_types and self.sliding_window <= 0:
+                raise OmniCoderError("config layer_types has sliding_attention layers; set sliding_window > 0")
+        if len(set(self.nope_layers)) != len(self.nope_layers):
+            raise OmniCoderError("config nope_layers lists a layer twice; list each layer once")
+        for index in self.nope_layers:
+            if not 0 <= index < self.n_layers:
+                raise OmniCoderError(f"config nope_layers entry {index} is not a layer index (0..{self.n_layers - 1})")
+        if not 0 <= self.rope_local_theta <= 1e15:
+            raise OmniCoderError(
+                f"config rope_local_theta must be in [0, 1e15] (0: rope_theta), got {self.rope_local_theta}"
+            )
+        if self.rotary_dim < 0 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+            raise OmniCoderError(
+                f"config rotary_dim must be even and in [0, head_dim={self.head_dim}] (0: head_dim), "
+                f"got {self.rotary_dim}"
+            )
+        if self.rope_scaling.type == "longrope" and len(self.rope_scaling.short_factor) != self.rope_dim // 2:
+            raise OmniCoderError(
+                f"config rope_scaling short_factor/long_factor need {self.rope_dim // 2} entries "
+                f"(rotary dimensions / 2), got {len(self.rope_scaling.short_factor)}"
+            )
+
+    def _validate_family(self) -> None:
+        """Scales, soft-caps, norm placement, qk-norm scope, activation, multipliers, and what MLA refuses."""
+        for name in ("attention_scale", "attn_logit_softcap", "final_logit_softcap"):
+            if getattr(self, name) < 0:
+                raise OmniCoderError(f"config {name} must be >= 0 (0: off/default), got {getattr(self, name)}")
+        for name in ("embedding_multiplier", "residual_multiplier", "logit_multiplier"):
+            if getattr(self, name) <= 0:
+                raise OmniCoderError(f"config {name} must be > 0 (1: off), got {getattr(self, name)}")
+        choices = {
+            "norm_placement": NORM_PLACEMENTS,
+            "qk_norm_scope": QK_NORM_SCOPES,
+            "mlp_activation": MLP_ACTIVATIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise OmniCoderError(
+                    f"config {name} {getattr(self, name)!r} is unknown; use one of {', '.join(allowed)}"
+                )
+        if self.qk_norm_scope == "projection" and not self.qk_norm:
+            raise OmniCoderError("config qk_norm_scope 'projection' needs qk_norm true; set qk_norm or scope 'head'")
+        if self.attention == "mla":
+            refused = {
+                "rotary_dim": self.rotary_dim != 0,
+                "qk_norm_scope": self.qk_norm_scope != "head",
+                "attn_logit_softcap": self.attn_logit_softcap != 0,
+            }
+            for name, bad in refused.items():
+                if bad:
+                    raise OmniCoderError(f"config {name} is not supported with mla; reset it to its default")
+
+    # -- per-layer settings ----------------------------------------------------------------------
+    @property
+    def rope_dim(self) -> int:
+        """Rotated dimensions per head: rotary_dim or head_dim (GQA), rope_head_dim (MLA)."""
+        if self.attention == "mla":
+            return self.rope_head_dim
+        return self.rotary_dim or self.head_dim
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layer `layer` attends within sliding_window (layer_types, else every layer when window > 0)."""
+        if self.layer_types:
+            return self.layer_types[layer] == "sliding_attention"
+        return self.sliding_window > 0
+
+    def layer_window(self, layer: int) -> int:
+        """Sliding window of layer `layer` in tokens; 0 for a full-attention layer."""
+        return self.sliding_window if self.is_sliding(layer) else 0
+
+    def uses_rope(self, layer: int) -> bool:
+        """False for NoPE layers (nope_layers)."""
+        return layer not in self.nope_layers
+
+    def uses_local_rope(self, layer: int) -> bool:
+        """True when layer `layer` is sliding and rope_local_theta > 0 (plain RoPE at rope_local_theta)."""
+        return self.rope_local_theta > 0 and self.is_sliding(layer)
+
+    @property
+    def softmax_scale(self) -> float:
+        """Attention softmax scale: attention_scale, else 1/sqrt(head_dim) (MLA: of the q·k width)."""
+        if self.attention_scale > 0:
+            return self.attention_scale
+        width = self.head_dim if self.attention == "gqa" else self.head_dim + self.rope_head_dim
+        return width**-0.5
 
     # -- derived shapes ------------------------------------------------------------------------
     @property
@@ -206,7 +361,7 @@ class OmniCoderConfig:
         if not isinstance(scaling, dict):
             raise OmniCoderError("config rope_scaling must be an object")
         try:
-            config = cls(**{**data, "rope_scaling": RopeScaling(**scaling)})
+            config = cls(**_copy_lists({**data, "rope_scaling": RopeScaling(**_copy_lists(scaling))}))
         except TypeError as exc:
             raise OmniCoderError(f"config rope_scaling is invalid: {exc}") from None
         return config.validate()
