@@ -3,7 +3,7 @@
     python benchmarks/compare_peers.py --sizes 20m,110m [--threads 2] [--rounds 3] [--out docs/results]
 
 Per size: a Hugging Face Llama checkpoint (random weights, tokenizer trained here) is built once, then
-- ours-int4: `omnicoder-export --model hf:DIR --weights int4`, run by our ONNX runner (OnnxBackend);
+- ours-int4: `omnicoder-export --model hf:DIR --weights int4`, run by our ONNX runner (GraphBackend over OnnxProgram);
 - ours-int4-shared: the same with `--kv-io shared` (KV buffers updated in place by GroupQueryAttention);
 - ours-int4-unfused: the same with `--no-fuse` (the converter's graph: separate q/k/v and gate/up linears,
   Add + RMSNorm, BNSH attention with layout ops), to show what export/onnx_fusions.py is worth;
@@ -98,10 +98,11 @@ def time_engine(reset, prefill, decode, prompt: list[int], steps: int, repeats: 
 
 def worker_ours(path: str, threads: int):
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(path)
-    backend = OnnxBackend(bundle, create_session(bundle, threads))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads)))
     return (
         backend.reset,
         lambda ids: int(np.argmax(backend.step(ids, list(range(len(ids)))))),
@@ -204,10 +205,11 @@ WORKERS = {
 def logits_ours(path: str, threads: int):
     """Teacher-forcing logits [W, V] of one window through our runner (empty cache)."""
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(path)
-    backend = OnnxBackend(bundle, create_session(bundle, threads))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads)))
     return lambda ids: backend.full_logits(np.array([ids], np.int64))[0]
 
 

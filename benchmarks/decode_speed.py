@@ -79,7 +79,8 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
     import torch
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.generate import TorchBackend
     from omnicoder.model import OmniCoder
@@ -125,7 +126,10 @@ def run(model_names: list[str], threads: int, prompt_len: int, decode_steps: int
                     make(), ByteTokenizer().to_json(), out, OnnxExportOptions(weights=weights, attention=attention)
                 )
                 bundle = open_bundle(out)
-                rows[label] = (OnnxBackend(bundle, create_session(bundle, threads)), weight_bytes(base, weights))
+                rows[label] = (
+                    GraphBackend(bundle, OnnxProgram(create_session(bundle, threads))),
+                    weight_bytes(base, weights),
+                )
             measured = {}
             for label, (backend, wbytes) in rows.items():
                 prefill, decode = time_backend(backend, prompt_len, decode_steps, repeats)

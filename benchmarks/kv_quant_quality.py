@@ -94,7 +94,8 @@ class TorchBackend:
 def quality(args, tmp: Path) -> dict:
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.cli.evaluate import truncate
     from omnicoder.data import find_corpus, read_documents
@@ -107,7 +108,7 @@ def quality(args, tmp: Path) -> dict:
         out = tmp / name
         export_onnx_bundle(model, tokenizer.to_json(), out, OnnxExportOptions(weights="fp32", **options))
         bundle = open_bundle(out)
-        backends[name] = OnnxBackend(bundle, create_session(bundle, args.threads))
+        backends[name] = GraphBackend(bundle, OnnxProgram(create_session(bundle, args.threads)))
     model, _ = load_model_and_tokenizer(args.model)
     if model.config.attention == "mla":
         backends["sim u8 per-token (torch)"] = TorchBackend(model.eval(), "per-token")
@@ -132,7 +133,8 @@ def memory(args, tmp: Path, tokens: int = 4096) -> dict:
     import torch
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.loading import load_model_and_tokenizer
     from omnicoder.long_context import extend_context
@@ -152,7 +154,7 @@ def memory(args, tmp: Path, tokens: int = 4096) -> dict:
             out = tmp / f"mem-{label[:3]}-{dtype}"
             export_onnx_bundle(model, ByteTokenizer().to_json(), out, OnnxExportOptions(weights="int4", kv=dtype))
             bundle = open_bundle(out)
-            backend = OnnxBackend(bundle, create_session(bundle, args.threads))
+            backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, args.threads)))
             started = time.perf_counter()
             for start in range(0, tokens, 512):
                 backend.step(ids[start : start + 512], list(range(start, start + 512)))

@@ -29,8 +29,9 @@ def main() -> None:
     args = p.parse_args()
 
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_paging import PagingPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
     from omnicoder.runtimes.scoring import bits_per_byte, streaming_bits_per_byte
 
     from omnicoder.data import find_corpus, read_documents
@@ -52,7 +53,7 @@ def main() -> None:
             if paged:
                 page_len = bundle.sidecar("kv_paging")["page_len"]
                 policy = PagingPolicy(page_len=page_len, window=args.window, sink_pages=args.sink_pages)
-            backend = OnnxBackend(bundle, create_session(bundle, 2), policy)
+            backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 2)), policy)
             if paged:
                 score = streaming_bits_per_byte(backend, docs, info["bos_id"])
             else:

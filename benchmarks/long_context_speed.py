@@ -29,13 +29,16 @@ def main() -> None:
     args = p.parse_args()
 
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_paging import PagingPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(args.bundle)
     page_len = bundle.sidecar("kv_paging")["page_len"]
-    backend = OnnxBackend(
-        bundle, create_session(bundle, args.threads), PagingPolicy(page_len=page_len, window=args.window, sink_pages=1)
+    backend = GraphBackend(
+        bundle,
+        OnnxProgram(create_session(bundle, args.threads)),
+        PagingPolicy(page_len=page_len, window=args.window, sink_pages=1),
     )
     rng = np.random.default_rng(0)
     rows = {}

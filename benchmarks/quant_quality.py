@@ -66,7 +66,8 @@ def main() -> None:
 
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.cli.evaluate import truncate
     from omnicoder.data import find_corpus, read_documents
@@ -80,7 +81,7 @@ def main() -> None:
             out = Path(tmp) / name
             manifest = export_onnx_bundle(model, tokenizer.to_json(), out, OnnxExportOptions(**options))
             bundle = open_bundle(out)
-            backends[name] = OnnxBackend(bundle, create_session(bundle, args.threads))
+            backends[name] = GraphBackend(bundle, OnnxProgram(create_session(bundle, args.threads)))
             sizes[name] = sum(f["bytes"] for f in manifest["files"].values())
         info = bundle.model
         scores = evaluate(backends, docs, info["bos_id"], info["pad_id"], info["context_length"])

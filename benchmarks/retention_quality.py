@@ -63,8 +63,9 @@ def main() -> None:
 
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_retention import RetentionPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.cli.evaluate import truncate
     from omnicoder.data import find_corpus, read_documents
@@ -79,7 +80,7 @@ def main() -> None:
         session = create_session(bundle, args.threads)
         context = bundle.model["context_length"]
         segs = segments(docs, bundle.model["bos_id"], context)
-        full = OnnxBackend(bundle, session)
+        full = GraphBackend(bundle, OnnxProgram(session))
         token_bytes = full.layout.bytes_per_token()
         rows = {"full KV": {"1.0": score(full, segs)}}
         print(f"full KV: {rows['full KV']['1.0']:.4f} bits/byte over {sum(len(s) - 1 for s in segs)} bytes")
@@ -87,7 +88,7 @@ def main() -> None:
             for fraction in args.budgets.split(","):
                 budget = int(float(fraction) * context * token_bytes)
                 settings = RetentionPolicy(budget, policy, args.sinks, args.recent, compress=compress)
-                bpb = score(OnnxBackend(bundle, session, retention=settings), segs)
+                bpb = score(GraphBackend(bundle, OnnxProgram(session), retention=settings), segs)
                 rows.setdefault(label, {})[fraction] = bpb
                 print(f"{label:28s} budget {float(fraction):.0%}: {bpb:.4f} bits/byte")
     result = {

@@ -80,21 +80,21 @@ def greedy_runs(backend, prompts: list[list[int]], args, eos: int, forced_margin
     """Plain, speculative as shipped and speculative with the other guard setting, alternating per prompt."""
     from omnicoder.runtimes.decode_loop import generate_ids
     from omnicoder.runtimes.sampling import Sampler, SamplingParams
-    from omnicoder.runtimes.speculative import generate_ids_speculative
+    from omnicoder.runtimes.speculative import Speculation
 
     greedy = Sampler(SamplingParams(temperature=0))
     outs = {"plain": [], "speculative": [], "other": []}
     tokens = {"plain": 0, "speculative": 0, "other": 0}
     seconds = {"plain": 0.0, "speculative": 0.0, "other": 0.0}
     calls = {"speculative": 0, "other": 0}
-    generate_ids_speculative(backend, prompts[0], args.new_tokens, greedy, eos, args.k)  # warm-up, not counted
+    speculation = Speculation(backend, greedy, args.k)
+    other = Speculation(backend, greedy, args.k, tie_margin=forced_margin)
+    generate_ids(backend, prompts[0], args.new_tokens, greedy, eos, None, speculation)  # warm-up, not counted
     for prompt in tqdm(prompts, desc="greedy", unit="prompt", leave=False):
         runs = {
             "plain": lambda p=prompt: generate_ids(backend, p, args.new_tokens, greedy, eos),
-            "speculative": lambda p=prompt: generate_ids_speculative(backend, p, args.new_tokens, greedy, eos, args.k),
-            "other": lambda p=prompt: generate_ids_speculative(
-                backend, p, args.new_tokens, greedy, eos, args.k, tie_margin=forced_margin
-            ),
+            "speculative": lambda p=prompt: generate_ids(backend, p, args.new_tokens, greedy, eos, None, speculation),
+            "other": lambda p=prompt: generate_ids(backend, p, args.new_tokens, greedy, eos, None, other),
         }
         for name, run in runs.items():
             out, stats = run()
@@ -160,7 +160,8 @@ def score_rows(backend, docs: list, bos: int, rows_options: tuple[int, ...], n_b
 def main() -> None:
     args = parse_args()
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
     from omnicoder.runtimes.scoring import encode_documents
     from omnicoder.runtimes.speculative import VERIFY_DISCREPANCY, exactness
 
@@ -174,7 +175,7 @@ def main() -> None:
         for weights in args.weights:
             bundle = open_bundle(bundle_dir(weights, args.bundles, Path(tmp)))
             tokenizer = bundle.tokenizer()
-            backend = OnnxBackend(bundle, create_session(bundle, args.threads))
+            backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, args.threads)))
             prompts = [tokenizer.encode(t, add_bos=True) for t in texts]
             guard = exactness(backend).tie_margin
             forced = 0.0 if guard else 10 * VERIFY_DISCREPANCY.get(weights, 1.0)

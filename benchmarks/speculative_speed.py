@@ -35,9 +35,10 @@ def main() -> None:
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
     from omnicoder.runtimes.decode_loop import generate_ids
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
     from omnicoder.runtimes.sampling import Sampler, SamplingParams
-    from omnicoder.runtimes.speculative import generate_ids_speculative
+    from omnicoder.runtimes.speculative import Speculation
     from tqdm import tqdm
 
     from omnicoder.data import find_corpus, read_documents
@@ -58,7 +59,7 @@ def main() -> None:
         )
         bundle = open_bundle(Path(tmp) / "b")
         backends = {
-            "onnx-int4": OnnxBackend(bundle, create_session(bundle, args.threads)),
+            "onnx-int4": GraphBackend(bundle, OnnxProgram(create_session(bundle, args.threads))),
             "pytorch": TorchBackend(model),
         }
         results = {}
@@ -71,8 +72,10 @@ def main() -> None:
                     rows["plain"][0] += len(plain)
                     rows["plain"][1] += seconds
                     for k in (1, 2):
+                        sampler = Sampler(params)
+                        strategy = Speculation(backend, sampler, k)
                         out, stats, seconds = timed(
-                            generate_ids_speculative, backend, prompt, args.new_tokens, Sampler(params), eos, k
+                            generate_ids, backend, prompt, args.new_tokens, sampler, eos, None, strategy
                         )
                         if mode == "greedy":  # equal up to float ties: batched vs single-token kernels
                             same = next((j for j, (x, y) in enumerate(zip(out, plain)) if x != y), None)

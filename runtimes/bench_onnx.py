@@ -18,7 +18,9 @@ from omnicoder.runtimes.bench_ops import OpPolicy, op_checks
 from omnicoder.runtimes.bench_result import ProviderResult
 from omnicoder.runtimes.bench_timing import BenchSettings, measure, warm_up
 from omnicoder.runtimes.bundle import Bundle
-from omnicoder.runtimes.onnx_session import OnnxBackend, session_options
+from omnicoder.runtimes.graph_backend import GraphBackend
+from omnicoder.runtimes.graph_checks import check_session
+from omnicoder.runtimes.onnx_session import OnnxProgram, session_options
 from omnicoder.runtimes.stats import peak_rss_mb
 
 LEVELS = {
@@ -101,7 +103,8 @@ def bench_provider(
             reason = f"onnxruntime cannot build the session: {str(exc).strip().splitlines()[0]}"
             return ProviderResult(provider, "error", reason=reason)
         session_seconds = time.perf_counter() - start
-        backend = OnnxBackend(bundle, session)
+        check_session(bundle, session)
+        backend = GraphBackend(bundle, OnnxProgram(session))
         vocab = bundle.model["vocab_size"]
         warm_up(backend, settings, vocab)  # profiled: which provider ran which node
         by_provider = profile_inventory(session.end_profiling())

@@ -5,9 +5,9 @@
   only rewinds the position: attention never reads cache slots at or after the current position, so old
   entries are overwritten before they can be seen (no buffer zeroing or method reload needed); `truncate`
   rewinds it to any earlier length the same way (a multi-turn chat's rollback, runtimes/chat.py).
-- `--kv io` bundles (`ExecuTorchIOBackend`): past/present KV tensors like the ONNX graph, so the runtimes'
-  KV-cache interface (contiguous or paged, windowed, predicted pages, retention, speculative rollback) drives
-  it: it is the target-neutral graph backend (runtimes/graph_backend.py) over `ExecuTorchProgram`.
+- `--kv io` bundles: past/present KV tensors like the ONNX graph, so the runtimes' KV-cache interface
+  (contiguous or paged, windowed, predicted pages, retention, speculative rollback) drives it: the
+  target-neutral graph backend (runtimes/graph_backend.py) over `ExecuTorchProgram`.
 
 The ExecuTorch Python runtime itself loads torch (accepted for this runner only); this module imports it,
 and executorch, lazily inside functions, so importing it stays torch-free.
@@ -125,42 +125,26 @@ class ExecuTorchBufferBackend:
 
 
 class ExecuTorchProgram:
-    """A `--kv io` program's method as the graph backend's Program: numpy feeds in the graph's input order,
-    the wanted outputs back as numpy arrays."""
+    """A `--kv io` program's method as the graph backend's Program: numpy feeds in the graph's input order, the
+    wanted outputs back as numpy arrays; a batch runs one row per call (the program takes batch 1)."""
 
     def __init__(self, bundle: Bundle, method) -> None:
-        self.method = method
+        section = executorch_section(bundle)
+        if section["kv_mode"] != "io":
+            raise OmniCoderError("internal: ExecuTorchProgram needs a --kv io bundle")
+        self.method, self.max_seq_len = method, section["max_seq_len"]
         self.input_names = [t["name"] for t in bundle.graph["inputs"]]
         self.output_names = [t["name"] for t in bundle.graph["outputs"]]
-        self.max_seq_len = executorch_section(bundle)["max_seq_len"]
 
     def run(self, feeds: dict[str, np.ndarray], wanted: list[str]) -> list[np.ndarray]:
         inputs = [feeds[name] for name in self.input_names]
-        if inputs[0].shape[0] != 1:
-            raise OmniCoderError("internal: ExecuTorch programs take batch 1")
+        if inputs[0].shape[0] > 1:
+            rows = [self.run({name: f[r : r + 1] for name, f in feeds.items()}, wanted) for r in range(len(inputs[0]))]
+            return [np.concatenate(outputs) for outputs in zip(*rows, strict=True)]
         if inputs[0].shape[1] > self.max_seq_len or any(f.shape[2] > self.max_seq_len for f in inputs[2:]):
             raise OmniCoderError(f"a call exceeds the program's sequence limit ({self.max_seq_len}); lower --window")
         outputs = dict(zip(self.output_names, self.method.execute([_tensor(f) for f in inputs]), strict=True))
         return [outputs[name].numpy().copy() for name in wanted]
-
-
-class ExecuTorchIOBackend(GraphBackend):
-    """The graph backend over an ExecuTorch KV-in/KV-out program."""
-
-    def __init__(self, bundle: Bundle, method, paging: PagingPolicy | None = None, **options) -> None:
-        section = executorch_section(bundle)
-        if section["kv_mode"] != "io":
-            raise OmniCoderError("internal: ExecuTorchIOBackend needs a --kv io bundle")
-        self.max_seq_len = section["max_seq_len"]
-        if paging is not None and paging.page_len > self.max_seq_len:
-            raise OmniCoderError(f"--page-len {paging.page_len} exceeds the program's limit ({self.max_seq_len})")
-        super().__init__(bundle, ExecuTorchProgram(bundle, method), paging, **options)
-        if self.context_length <= self.model_context:  # contiguous KV: every token stays, so the program's limit
-            self.context_length = min(self.context_length, self.max_seq_len)
-
-    def full_logits(self, ids: np.ndarray) -> np.ndarray:
-        """Logits for whole windows [B, W] from an empty cache, one row per call (the program takes batch 1)."""
-        return np.concatenate([super(ExecuTorchIOBackend, self).full_logits(row[None]) for row in ids])
 
 
 def create_backend(bundle: Bundle, threads: int = 0, paging: PagingPolicy | None = None, retention=None):
@@ -174,4 +158,4 @@ def create_backend(bundle: Bundle, threads: int = 0, paging: PagingPolicy | None
     method = load_method(bundle, threads)
     if section["kv_mode"] == "buffer":
         return ExecuTorchBufferBackend(bundle, method)
-    return ExecuTorchIOBackend(bundle, method, paging, retention=retention)
+    return GraphBackend(bundle, ExecuTorchProgram(bundle, method), paging, retention)

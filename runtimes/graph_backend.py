@@ -30,30 +30,29 @@ class Program(Protocol):
     """One decode-step graph call: feeds by input name (numpy arrays or earlier outputs) -> the wanted outputs."""
 
     output_names: list[str]
+    max_seq_len: int | None  # the most tokens a call may take and attend (None: the model's context)
 
     def run(self, feeds: dict[str, Any], wanted: list[str]) -> list[Any]: ...
 
 
-class BoundCalls(Protocol):
-    """Calls with the KV buffers bound as both past and present (runtimes/onnx_shared_binding.py)."""
-
-    def run(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict: ...
-
-    def run_token(self, token: int, position: int) -> np.ndarray: ...
-
-
 class InPlaceProgram(Program, Protocol):
-    """A program that can keep the KV in fixed buffers the graph updates in place (--kv-io shared bundles)."""
+    """A program that can keep the KV in fixed buffers the graph updates in place (--kv-io shared bundles;
+    runtimes/onnx_session.py): calls after `bind_in_place` take and update those buffers."""
 
     def buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> Any: ...
 
-    def bind_in_place(self, kv_pairs: list[tuple[str, str, Any]], vocab: int, n_mtp: int) -> BoundCalls: ...
+    def bind_in_place(self, kv_pairs: list[tuple[str, str, Any]], vocab: int, n_mtp: int) -> None: ...
+
+    def run_in_place(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict: ...
+
+    def run_token(self, token: int, position: int) -> np.ndarray: ...
 
 
 class GraphBackend:
     """Batch-1 decode steps through a bundle's graph and a KV cache (the decode loop's StepBackend, plus
     `verify`/`truncate` for speculative decoding and `step_all`/`full_logits` for scoring). A --kv-io shared
-    bundle needs an `InPlaceProgram`."""
+    bundle needs an `InPlaceProgram`; a program's `max_seq_len` bounds pages and, for a cache that keeps every
+    token, the context."""
 
     def __init__(
         self,
@@ -70,10 +69,13 @@ class GraphBackend:
         self.paging, self.retention = paging, retention
         self.layout = KVLayout(bundle.graph["kv"], bundle.model["n_layers"])
         self.logits_to_keep: str | None = bundle.graph.get("logits_to_keep")
+        limit = program.max_seq_len
+        if limit is not None and paging is not None and paging.page_len > limit:
+            raise OmniCoderError(f"--page-len {paging.page_len} exceeds the program's limit ({limit})")
         make_buffer = program.buffer if bundle.shared_kv else None
         self.cache = make_cache(bundle, self.layout, paging, retention, program.output_names, make_buffer)
-        self.context_length = self.cache.context_limit(self.model_context)
-        self._bound: BoundCalls | None = None  # in-place KV: the calls bound to the cache's buffers
+        self.context_length = self.cache.context_limit(min(self.model_context, limit or self.model_context))
+        self._bound = False  # in-place KV: the program's calls are bound to the cache's buffers
 
     def reset(self) -> None:
         self.cache.reset()
@@ -114,13 +116,12 @@ class GraphBackend:
 
     def _run_in_place(self, ids: np.ndarray, positions: np.ndarray, mtp: bool) -> dict:
         """One call with the cache's buffers bound as both past and present (bound again when they grew)."""
-        if self.cache.reserve(int(positions.max(initial=0))):
-            self._bound = None
-        if self._bound is None:
+        if self.cache.reserve(int(positions.max(initial=0))) or not self._bound:
             buffers, layout = self.cache.feeds(), self.layout
             pairs = [(p, o, buffers[p]) for p, o in zip(layout.inputs, layout.outputs, strict=True)]
-            self._bound = self.program.bind_in_place(pairs, self.vocab, self.n_mtp)
-        return self._bound.run(ids, positions, mtp)
+            self.program.bind_in_place(pairs, self.vocab, self.n_mtp)
+            self._bound = True
+        return self.program.run_in_place(ids, positions, mtp)
 
     def _advance(self, ids: list[int], positions: list[int], mtp: bool = False, last_only: bool = False) -> dict:
         """One call over the cache: it observes the outputs it asked for, then takes the new rows."""
@@ -132,16 +133,16 @@ class GraphBackend:
         return result
 
     def step(self, ids: list[int], positions: list[int]) -> np.ndarray:
-        if len(ids) == 1 and self._bound is not None:
+        if len(ids) == 1 and self._bound:
             return self._step_in_place(ids[0], positions[0])
         return self._forward(ids, positions, last_only=True)[-1]
 
     def _step_in_place(self, token: int, position: int) -> np.ndarray:
         """A decode step on bound buffers without the generic call path (about 30 us less Python per token)."""
         if self.cache.reserve(position):  # the buffers grew: bind them again through the generic path
-            self._bound = None
+            self._bound = False
             return self._forward([token], [position], last_only=True)[-1]
-        logits = self._bound.run_token(token, position)
+        logits = self.program.run_token(token, position)
         self.cache.update({}, 1)
         return logits
 

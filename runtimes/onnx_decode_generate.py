@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def make_backend(bundle):
-        from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+        from omnicoder.runtimes.graph_backend import GraphBackend
+        from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
-        session = create_session(bundle, args.threads, args.provider)
-        return OnnxBackend(bundle, session, paging_policy(args, bundle), retention_policy(args, bundle))
+        program = OnnxProgram(create_session(bundle, args.threads, args.provider))
+        return GraphBackend(bundle, program, paging_policy(args, bundle), retention_policy(args, bundle))
 
     return run(args, make_backend)
 

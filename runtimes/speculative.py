@@ -42,14 +42,13 @@ It may name its `precision` (the manifest's section) and `paging` / `retention` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from omnicoder.runtimes.decode_loop import Run, StepBackend, generate_ids
+from omnicoder.runtimes.decode_loop import Run, StepBackend
 from omnicoder.runtimes.sampling import Sampler
-from omnicoder.runtimes.stats import GenerationStats
 
 from omnicoder.errors import OmniCoderError
 
@@ -243,18 +242,3 @@ class _Verifier:
         self.run.stats.model_calls += upto - self.clean
         self.clean = upto
         return logits[0], mtp[0]
-
-
-def generate_ids_speculative(
-    backend: SpeculativeBackend,
-    prompt_ids: list[int],
-    max_new_tokens: int,
-    sampler: Sampler,
-    eos_id: int | list[int],
-    k: int,
-    on_token: Callable[[int], None] | None = None,
-    tie_margin: float | None = None,
-) -> tuple[list[int], GenerationStats]:
-    """`decode_loop.generate_ids` with the `Speculation` strategy (k drafts per call; tie_margin as there)."""
-    strategy = Speculation(backend, sampler, k, tie_margin)
-    return generate_ids(backend, prompt_ids, max_new_tokens, sampler, eos_id, on_token, strategy)

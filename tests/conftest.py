@@ -59,10 +59,11 @@ def greedy_onnx(bundle_dir, prompt: list[int], steps: int) -> list[int]:
     """Greedy tokens from a bundle through the ONNX runner's backend, exactly `steps` of them (no EOS stop)."""
     import numpy as np
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(bundle_dir)
-    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
     ids, positions, out = list(prompt), list(range(len(prompt))), []
     for _ in range(steps):
         token = int(np.argmax(backend.step(ids, positions)))

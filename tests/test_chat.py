@@ -164,7 +164,7 @@ def test_missing_jinja_is_one_line(monkeypatch):
 
 
 def test_every_stop_id_stops_generation(tiny_model):
-    from omnicoder.runtimes.speculative import generate_ids_speculative
+    from omnicoder.runtimes.speculative import Speculation
 
     from omnicoder.generate import TorchBackend
 
@@ -174,7 +174,8 @@ def test_every_stop_id_stops_generation(tiny_model):
     expected = out[: out.index(out[3])]
     stopped, stats = generate_ids(TorchBackend(tiny_model), [256, 65], 8, greedy, stops)
     assert stopped == expected and stats.stop_reason == "eos"
-    fast, stats = generate_ids_speculative(TorchBackend(tiny_model), [256, 65], 8, greedy, stops, 2)
+    backend = TorchBackend(tiny_model)
+    fast, stats = generate_ids(backend, [256, 65], 8, greedy, stops, None, Speculation(backend, greedy, 2))
     assert fast == expected and stats.stop_reason == "eos"
     backend = ScriptedBackend([7, 8, 5, 9])
     assert generate_ids(backend, [3, 4], 10, greedy, STOPS)[0] == [7, 8]  # 5, the second stop id
@@ -258,10 +259,11 @@ def chat_model(tmp_path_factory):
 
 def onnx_backend(bundle_dir):
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(bundle_dir)
-    return OnnxBackend(bundle, create_session(bundle, threads=1)), bundle.tokenizer()
+    return GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1))), bundle.tokenizer()
 
 
 def test_multi_turn_keeps_the_cache_and_equals_a_fresh_run(chat_model):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from omnicoder.runtimes.bundle import open_bundle
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.graph_backend import GraphBackend
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
 from omnicoder.paths import DEFAULT_MODEL_DIR
 from omnicoder.tokenizer import ByteTokenizer
@@ -72,7 +73,7 @@ def test_fp32_onnx_matches_pytorch_for_64_greedy_steps(default_model, default_bu
     from omnicoder.generate import TorchBackend
 
     bundle = open_bundle(default_bundles / "fp32")
-    onnx_backend, torch_backend = OnnxBackend(bundle, create_session(bundle)), TorchBackend(default_model)
+    onnx_backend, torch_backend = GraphBackend(bundle, OnnxProgram(create_session(bundle))), TorchBackend(default_model)
     prompt = ByteTokenizer().encode(PROMPT, add_bos=True)
     greedy = Sampler(SamplingParams(temperature=0))
     onnx_ids, _ = generate_ids(onnx_backend, prompt, 64, greedy, eos_id=-1)
@@ -93,7 +94,7 @@ def test_int4_bits_per_byte_within_3_percent(default_bundles):
     scores = {}
     for name in ("fp32", "int4"):
         bundle = open_bundle(default_bundles / name)
-        backend = OnnxBackend(bundle, create_session(bundle))
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle)))
         scores[name] = bits_per_byte(
             backend.full_logits, docs, bundle.model["bos_id"], bundle.model["pad_id"], bundle.model["context_length"]
         )["bits_per_byte"]

@@ -17,7 +17,8 @@ from omnicoder.export.executorch_export import ExecuTorchExportOptions, export_e
 from omnicoder.runtimes import executorch_generate as runner  # noqa: E402
 from omnicoder.runtimes.bundle import finalize_bundle, open_bundle  # noqa: E402
 from omnicoder.runtimes.decode_loop import generate_ids  # noqa: E402
-from omnicoder.runtimes.executorch_session import ExecuTorchIOBackend, create_backend, load_method  # noqa: E402
+from omnicoder.runtimes.executorch_session import ExecuTorchProgram, create_backend, load_method  # noqa: E402
+from omnicoder.runtimes.graph_backend import GraphBackend  # noqa: E402
 from omnicoder.runtimes.kv_paging import PagingPolicy  # noqa: E402
 from omnicoder.runtimes.sampling import Sampler, SamplingParams  # noqa: E402
 
@@ -321,7 +322,7 @@ TOKENS = [256, *b"def add(a, b):\n    return a + b\n"]
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize(  # gqa-io in the default run: it is the one program driven through OnnxBackend
+@pytest.mark.parametrize(  # gqa-io in the default run: it is the one program driven through GraphBackend
     "name",
     [pytest.param("mla-buffer", marks=SLOW), "gqa-io", pytest.param("mla-io", marks=SLOW),
      pytest.param("gqa-window-buffer", marks=SLOW)],
@@ -355,8 +356,10 @@ def test_io_program_is_driven_by_the_paged_kv_cache(et_bundle, name):
     bundle = open_bundle(path)
     method = load_method(bundle)
     tokens = [256, *range(40, 110)]
-    contiguous = step_logits(ExecuTorchIOBackend(bundle, method), tokens, 1)
-    paged = ExecuTorchIOBackend(bundle, method, PagingPolicy(page_len=8, window=16, predicted_pages=8))
+    contiguous = step_logits(GraphBackend(bundle, ExecuTorchProgram(bundle, method)), tokens, 1)
+    paged = GraphBackend(
+        bundle, ExecuTorchProgram(bundle, method), PagingPolicy(page_len=8, window=16, predicted_pages=8)
+    )
     assert np.abs(step_logits(paged, tokens, 1) - contiguous).max() < 1e-4
     assert len(paged.cache.attended) == len(paged.cache.pages) > 2
 

@@ -183,7 +183,8 @@ def test_int4_export_keeps_the_files_blocks(gguf_files, family, tmp_path):
     re-quantizing a Q4_0 block gives back its grid)."""
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.quant import QuantLinear
 
@@ -205,7 +206,7 @@ def test_int4_export_keeps_the_files_blocks(gguf_files, family, tmp_path):
                 assert torch.allclose(layers[layer_name].dequantized_weight(), weight, rtol=1e-5, atol=1e-6)
             assert (layers["layers.0.attn.q_proj"].zero_points is not None) == (family == "qwen2")
         bundle = open_bundle(tmp_path / str(transcode))
-        backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
         backend.reset()
         got = backend.step_all(ids[0].tolist(), list(range(16)))
         errors[transcode] = float(np.abs(got - expected).max())

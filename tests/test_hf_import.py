@@ -188,17 +188,18 @@ def _write_config(directory, **fields):
     [
         ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}, "GPT2LMHeadModel is not supported"),
         ({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8}, "mixture-of-experts"),
-        ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope_scaling type 'longrope'"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "longrope needs a non-empty short_factor"),
         ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling type 'dynamic'"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
         ({"attention_bias": True}, "attention_bias=true"),
         ({"mlp_bias": True}, "mlp_bias=true"),
-        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+        ({"partial_rotary_factor": 0.33}, "partial_rotary_factor 0.33 gives 5 rotated dims"),
         ({"hidden_size": None}, "lacks hidden_size"),
         (
-            {"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True, "max_window_layers": 1},
-            "per-layer sliding windows",
-        ),
+            {"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True, "sliding_window": 8,
+             "layer_types": ["full_attention", "chunked_attention"]},
+            "layer type 'chunked_attention' is not supported",
+        ),  # fmt: skip
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs original_max_position_embeddings"),
     ],
 )
@@ -269,7 +270,8 @@ def test_eval_cli_scores_hf_model_per_byte(hf_root, tmp_path, capsys):
 def test_mla_sliding_window_onnx_matches_eager(tmp_path):
     """The ONNX lowering of sliding-window attention (Mistral imports use the GQA form) also covers MLA."""
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.config import OmniCoderConfig
     from omnicoder.model import OmniCoder
@@ -283,7 +285,7 @@ def test_mla_sliding_window_onnx_matches_eager(tmp_path):
     with torch.no_grad():
         expected = model(ids, torch.arange(20)[None]).logits[0].numpy()
     bundle = open_bundle(tmp_path / "b")
-    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
     backend.reset()
     prefill = backend.step_all(ids[0, :12].tolist(), list(range(12)))
     decode = [backend.step([int(t)], [12 + i]) for i, t in enumerate(ids[0, 12:])]

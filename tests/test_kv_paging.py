@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 from omnicoder.runtimes.bundle import open_bundle
+from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.kv_cache import KVLayout
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
 from omnicoder.errors import OmniCoderError
 
@@ -26,9 +27,9 @@ def step_logits(backend, tokens, prefill=20):
 def test_all_pages_attended_equals_contiguous_exactly(bundles, name):
     bundle = open_bundle(bundles[name][2])
     session = create_session(bundle)
-    contiguous = step_logits(OnnxBackend(bundle, session), TOKENS)
+    contiguous = step_logits(GraphBackend(bundle, OnnxProgram(session)), TOKENS)
     for policy in (PagingPolicy(page_len=8), PagingPolicy(page_len=16, window=64, sink_pages=1)):
-        paged = OnnxBackend(bundle, session, policy)
+        paged = GraphBackend(bundle, OnnxProgram(session), policy)
         got = step_logits(paged, TOKENS)
         assert np.array_equal(got[1:], contiguous[1:])  # decode steps: the same past in the same order
         assert np.abs(got[0] - contiguous[0]).max() < 1e-5  # the prompt was prefilled in page-sized chunks
@@ -64,7 +65,9 @@ def test_small_window_generates_past_the_context(bundles):
 
     bundle = open_bundle(bundles["mla-int4-mnb"][2])
     context = bundle.model["context_length"]
-    backend = OnnxBackend(bundle, create_session(bundle), PagingPolicy(page_len=16, window=48, sink_pages=1))
+    backend = GraphBackend(
+        bundle, OnnxProgram(create_session(bundle)), PagingPolicy(page_len=16, window=48, sink_pages=1)
+    )
     out, stats = generate_ids(backend, [256, 65, 66], 2 * context, Sampler(SamplingParams(temperature=0.8)), -1)
     assert len(out) == 2 * context and stats.stop_reason == "limit"
     assert backend.cache.length > context
@@ -74,7 +77,11 @@ def test_small_window_generates_past_the_context(bundles):
 def test_window_wider_than_the_context_is_refused(bundles):
     bundle = open_bundle(bundles["gqa-fp32"][2])
     with pytest.raises(OmniCoderError, match="lower --window"):
-        OnnxBackend(bundle, create_session(bundle), PagingPolicy(page_len=16, window=bundle.model["context_length"]))
+        GraphBackend(
+            bundle,
+            OnnxProgram(create_session(bundle)),
+            PagingPolicy(page_len=16, window=bundle.model["context_length"]),
+        )
 
 
 def test_quest_ranks_the_page_holding_the_matching_key_first(bundles):
@@ -144,8 +151,10 @@ def test_predicted_pages_covering_everything_equal_contiguous(bundles, name):
     """Window of 2 pages + up to 8 predicted pages covers all 9 pages: decode equals contiguous KV exactly."""
     bundle = open_bundle(bundles[name][2])
     session = create_session(bundle)
-    contiguous = step_logits(OnnxBackend(bundle, session), TOKENS)
-    paged = OnnxBackend(bundle, session, PagingPolicy(page_len=8, window=16, sink_pages=0, predicted_pages=8))
+    contiguous = step_logits(GraphBackend(bundle, OnnxProgram(session)), TOKENS)
+    paged = GraphBackend(
+        bundle, OnnxProgram(session), PagingPolicy(page_len=8, window=16, sink_pages=0, predicted_pages=8)
+    )
     got = step_logits(paged, TOKENS)
     assert np.array_equal(got[1:], contiguous[1:])
     assert len(paged.cache.attended) == len(paged.cache.pages)
@@ -153,7 +162,9 @@ def test_predicted_pages_covering_everything_equal_contiguous(bundles, name):
 
 def test_predicted_pages_are_chosen_by_the_graph_queries(bundles):
     bundle = open_bundle(bundles["gqa-fp32"][2])
-    backend = OnnxBackend(bundle, create_session(bundle), PagingPolicy(page_len=8, window=16, predicted_pages=1))
+    backend = GraphBackend(
+        bundle, OnnxProgram(create_session(bundle)), PagingPolicy(page_len=8, window=16, predicted_pages=1)
+    )
     step_logits(backend, TOKENS)
     c = bundle.model
     queries = backend.cache.last_queries

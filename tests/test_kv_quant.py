@@ -81,7 +81,8 @@ def test_groups_adapt_to_row_width() -> None:
 @pytest.mark.parametrize("name", ["gqa-u8", "mla-nf4-had"])
 def test_graph_matches_torch_reference_and_stores_only_quantized_kv(bundles, name: str) -> None:
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.decode_step import DecodeStep, example_inputs
 
@@ -89,7 +90,7 @@ def test_graph_matches_torch_reference_and_stores_only_quantized_kv(bundles, nam
     bundle = open_bundle(path)
     storage = bundle.graph["kv"]["storage"]
     spec = KVQuantSpec(storage["dtype"], 32, storage["rotation"])
-    backend = OnnxBackend(bundle, create_session(bundle, 1))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
     ids = list(np.random.RandomState(0).randint(0, 256, 20))
     prefill = backend.step_all(ids[:12], list(range(12)))
     decoded = [backend.step(ids[i : i + 1], [i]) for i in range(12, 20)]
@@ -111,13 +112,14 @@ def test_graph_matches_torch_reference_and_stores_only_quantized_kv(bundles, nam
 
 def test_paged_quantized_kv_equals_contiguous_and_spills_exactly(bundles) -> None:
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_paging import PagingPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     _, _, path = bundles["gqa-u8"]
     bundle = open_bundle(path)
     ids = list(np.random.RandomState(3).randint(0, 256, 40))
-    plain = OnnxBackend(bundle, create_session(bundle, 1))
+    plain = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
     want = plain.step_all(ids, list(range(40)))
     # a window of one page + every other page predicted == everything attended; the budget spills pages
     policy = PagingPolicy(page_len=8, window=8, predicted_pages=8)
@@ -126,7 +128,7 @@ def test_paged_quantized_kv_equals_contiguous_and_spills_exactly(bundles) -> Non
     )
     outputs = []
     for p in (policy, budget):
-        paged = OnnxBackend(bundle, create_session(bundle, 1), p)
+        paged = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), p)
         outputs.append(np.concatenate([paged.step_all(ids[i : i + 8], list(range(i, i + 8))) for i in range(0, 40, 8)]))
         assert {str(a.dtype) for page in paged.cache.pages if page.arrays for a in page.arrays.values()} == {
             "uint8",

@@ -7,7 +7,8 @@ import onnx
 import pytest
 import torch
 from omnicoder.runtimes.bundle import open_bundle
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.graph_backend import GraphBackend
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.long_context import extend_context
@@ -34,7 +35,7 @@ def test_extended_export_records_scaling_and_matches_pytorch(scaling, tmp_path):
     assert json.loads(meta["rope_scaling"])["factor"] == 4.0 and meta["context_length"] == "512"
     ids = torch.randint(0, 256, (1, 300))  # past the original 128-token context
     expected = long(ids, torch.arange(300)[None]).logits.numpy()
-    got = OnnxBackend(bundle, create_session(bundle)).full_logits(ids.numpy())
+    got = GraphBackend(bundle, OnnxProgram(create_session(bundle))).full_logits(ids.numpy())
     assert np.abs(got - expected).max() <= 1e-4
 
 

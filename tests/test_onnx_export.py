@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from omnicoder.runtimes.bundle import open_bundle
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.graph_backend import GraphBackend
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
 from tests.conftest import quantized_kernels
 
@@ -117,12 +118,12 @@ def test_parity_with_pytorch(bundles, name):
     """Prefill + decode through the graph (batch 2, all heads) match the eager model."""
     _, reference, path = bundles[name]
     bundle = open_bundle(path)
-    backend = OnnxBackend(bundle, create_session(bundle))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle)))
     ids = torch.randint(0, 256, (2, 12))
     pos = torch.arange(12).expand(2, 12)
     expected = reference(ids, pos)
     got_logits, past = [], backend.layout.empty(2)
-    session = backend.session
+    session = backend.program.session
     names = [o.name for o in session.get_outputs()]
     chunks = [(0, 7), (7, 8), (8, 9), (9, 12)]
     if name == "gqa-ortgqa":  # onnxruntime's GroupQueryAttention: batch 1 only for T > 1 with a past
@@ -154,7 +155,7 @@ def test_quantized_graph_matches_quantized_pytorch(bundles, name, bound):
     text is measured in bits per byte on the default model."""
     quantized, _, path = bundles[name]
     bundle = open_bundle(path)
-    backend = OnnxBackend(bundle, create_session(bundle))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle)))
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     got = backend.full_logits(ids.numpy())
     want = quantized(ids, torch.arange(16).expand(2, 16)).logits.numpy()
@@ -170,7 +171,8 @@ def test_tied_embedding_reads_the_quantized_heads_codes(tmp_path):
     import torch
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.config import OmniCoderConfig
     from omnicoder.model import OmniCoder
@@ -192,7 +194,7 @@ def test_tied_embedding_reads_the_quantized_heads_codes(tmp_path):
         ids = torch.randint(0, 2048, (1, 12), generator=torch.Generator().manual_seed(1))
         expected = model(ids, torch.arange(12)[None]).logits[0].numpy()
     bundle = open_bundle(tmp_path / "b")
-    backend = OnnxBackend(bundle, create_session(bundle, threads=1))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
     backend.reset()
     got = backend.step_all(ids[0].tolist(), list(range(12)))
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()

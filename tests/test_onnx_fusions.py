@@ -10,9 +10,10 @@ import onnx
 import pytest
 from omnicoder.export.onnx_fusions import attention_bsh, fuse_skip_rms_norm, merge_sibling_quant_linears
 from omnicoder.runtimes.bundle import open_bundle
+from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.kv_paging import PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionPolicy
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 from onnx import TensorProto, helper, numpy_helper
 
 from omnicoder.errors import OmniCoderError
@@ -59,9 +60,9 @@ def test_query_outputs_are_on_request(bundles):
     assert full.graph["kv"]["query"] == "query.{layer}"
     session = create_session(lean)
     with pytest.raises(OmniCoderError, match="--query-outputs"):
-        OnnxBackend(lean, session, paging=PagingPolicy(page_len=4, window=8, predicted_pages=1))
+        GraphBackend(lean, OnnxProgram(session), paging=PagingPolicy(page_len=4, window=8, predicted_pages=1))
     with pytest.raises(OmniCoderError, match="--query-outputs"):
-        OnnxBackend(lean, session, retention=RetentionPolicy(budget_bytes=10_000, policy="h2o"))
+        GraphBackend(lean, OnnxProgram(session), retention=RetentionPolicy(budget_bytes=10_000, policy="h2o"))
 
 
 # ---- the passes on hand-built graphs: what must not be touched ---------------------------------------------

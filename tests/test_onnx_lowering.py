@@ -66,10 +66,11 @@ def test_integer_zero_points_stay_packed_uint4():
 
 def _backend(path):
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(path)
-    return bundle, OnnxBackend(bundle, create_session(bundle, threads=1))
+    return bundle, GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
 
 
 @pytest.mark.parametrize("name", ["gqa-int4", "mla-fp32", "gqa-fp16"])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from omnicoder.runtimes import bench_onnx, provider_bench
-from omnicoder.runtimes.onnx_session import OnnxBackend
+from omnicoder.runtimes.graph_backend import GraphBackend
 
 from omnicoder.weights import load_model
 
@@ -111,7 +111,7 @@ def test_fails_unfused_int4(gate, tmp_path):
 def test_fails_an_injected_3x_slowdown(gate, tmp_path, monkeypatch):
     """Every decode step and prefill of the bundle takes 3x as long; the probe is untouched."""
 
-    class Slow(OnnxBackend):
+    class Slow(GraphBackend):
         def step(self, ids, positions):
             start = time.perf_counter()
             logits = super().step(ids, positions)
@@ -120,7 +120,7 @@ def test_fails_an_injected_3x_slowdown(gate, tmp_path, monkeypatch):
                 pass
             return logits
 
-    monkeypatch.setattr(bench_onnx, "OnnxBackend", Slow)
+    monkeypatch.setattr(bench_onnx, "GraphBackend", Slow)
     root, thresholds = gate
     code, report = run(root / "int4", thresholds, tmp_path)
     found = checks(report)

@@ -65,10 +65,11 @@ def smol_bundle(smol_gguf, tmp_path_factory):
 
 def onnx_backend(bundle_dir: Path):
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(bundle_dir)
-    return OnnxBackend(bundle, create_session(bundle, threads=0)), bundle.tokenizer()
+    return GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=0))), bundle.tokenizer()
 
 
 def test_fp32_bundle_greedy_equals_pytorch_for_64_tokens(smol_gguf, smol_bundle):

@@ -46,14 +46,17 @@ def test_sidecar_is_written_and_validated(bundles) -> None:
 
 def _backend(bundles, name, **policy):
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_retention import RetentionPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(bundles[name][2])
-    plain = OnnxBackend(bundle, create_session(bundle, 1))
+    plain = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
     token = plain.layout.bytes_per_token()
     budget = policy.pop("tokens") * token
-    return OnnxBackend(bundle, create_session(bundle, 1), retention=RetentionPolicy(budget, **policy)), token
+    return GraphBackend(
+        bundle, OnnxProgram(create_session(bundle, 1)), retention=RetentionPolicy(budget, **policy)
+    ), token
 
 
 @pytest.mark.parametrize("policy", ["learned", "streaming", "h2o"])

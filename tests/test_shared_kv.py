@@ -10,11 +10,12 @@ import pytest
 import torch
 from omnicoder.runtimes.bundle import open_bundle
 from omnicoder.runtimes.decode_loop import generate_ids
+from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.kv_paging import PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionPolicy
-from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 from omnicoder.runtimes.sampling import Sampler, SamplingParams
-from omnicoder.runtimes.speculative import generate_ids_speculative
+from omnicoder.runtimes.speculative import Speculation
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.model import OmniCoder
@@ -43,9 +44,9 @@ def shared(tmp_path_factory):
     return made
 
 
-def backend(path) -> OnnxBackend:
+def backend(path) -> GraphBackend:
     bundle = open_bundle(path)
-    return OnnxBackend(bundle, create_session(bundle, threads=1))
+    return GraphBackend(bundle, OnnxProgram(create_session(bundle, threads=1)))
 
 
 def test_graph_is_group_query_attention_over_one_buffer(shared):
@@ -115,9 +116,9 @@ def test_what_shared_buffers_cannot_do(shared, tmp_path):
     bundle = open_bundle(shared["fp32"][1])
     session = create_session(bundle)
     with pytest.raises(OmniCoderError, match="--kv-io present"):
-        OnnxBackend(bundle, session, paging=PagingPolicy(page_len=4, window=8))
+        GraphBackend(bundle, OnnxProgram(session), paging=PagingPolicy(page_len=4, window=8))
     with pytest.raises(OmniCoderError, match="--kv-io present"):
-        OnnxBackend(bundle, session, retention=RetentionPolicy(budget_bytes=10_000, policy="streaming"))
+        GraphBackend(bundle, OnnxProgram(session), retention=RetentionPolicy(budget_bytes=10_000, policy="streaming"))
     with pytest.raises(OmniCoderError, match="needs a GQA model"):
         export_bundle(OmniCoder(mla_test_config()).eval(), tmp_path / "mla", weights="fp32", kv_io="shared")
     with pytest.raises(OmniCoderError, match="needs a GQA model"):
@@ -136,7 +137,8 @@ def test_speculative_greedy_equals_plain_greedy(shared):
     _, path = shared["fp32"]
     greedy, prompt = Sampler(SamplingParams(temperature=0)), list(range(40, 60))
     plain, _ = generate_ids(backend(path), prompt, 40, greedy, 257)
-    fast, stats = generate_ids_speculative(backend(path), prompt, 40, greedy, 257, 2)
+    fast_backend = backend(path)
+    fast, stats = generate_ids(fast_backend, prompt, 40, greedy, 257, None, Speculation(fast_backend, greedy, 2))
     assert fast == plain and stats.draft_tokens > 0
 
 

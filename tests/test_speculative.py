@@ -18,10 +18,10 @@ from omnicoder.runtimes.sampling import Sampler, SamplingParams
 from omnicoder.runtimes.speculative import (
     FLOAT_TIE_MARGIN,
     VERIFY_DISCREPANCY,
+    Speculation,
     accept,
     exactness,
     exactness_note,
-    generate_ids_speculative,
     top2_margin,
 )
 
@@ -72,7 +72,8 @@ def test_greedy_speculative_equals_greedy_in_pytorch(default_model, k: int) -> N
     prompt = tokenizer.encode(PROMPT.decode(), add_bos=True)
     greedy = Sampler(SamplingParams(temperature=0))
     plain, _ = generate_ids(TorchBackend(model), prompt, 64, greedy, tokenizer.eos_id)
-    fast, stats = generate_ids_speculative(TorchBackend(model), prompt, 64, greedy, tokenizer.eos_id, k)
+    backend = TorchBackend(model)
+    fast, stats = generate_ids(backend, prompt, 64, greedy, tokenizer.eos_id, None, Speculation(backend, greedy, k))
     assert fast == plain
     assert stats.draft_tokens > 0 and stats.accepted_tokens > 0  # the trained heads do get drafts accepted
     assert stats.model_calls < len(plain)  # fewer model calls than tokens
@@ -81,8 +82,9 @@ def test_greedy_speculative_equals_greedy_in_pytorch(default_model, k: int) -> N
 def test_greedy_speculative_equals_greedy_through_onnx(bundles) -> None:
     """Random MTP heads (mostly rejected drafts) exercise the KV rollback of the ONNX runner."""
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_paging import PagingPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     _, _, path = bundles["mla-fp32"]
     bundle = open_bundle(path)
@@ -91,9 +93,11 @@ def test_greedy_speculative_equals_greedy_through_onnx(bundles) -> None:
     # paged storage with every page attended; with a --window the verify call attends the window as of its first
     # token (up to k tokens more than plain decoding would), so windowed outputs may differ slightly
     for paging in (None, PagingPolicy(page_len=8, window=0)):
-        plain, _ = generate_ids(OnnxBackend(bundle, create_session(bundle, 1), paging), prompt, 40, greedy, 257)
-        backend = OnnxBackend(bundle, create_session(bundle, 1), paging)
-        fast, stats = generate_ids_speculative(backend, prompt, 40, greedy, 257, 2)
+        plain, _ = generate_ids(
+            GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), paging), prompt, 40, greedy, 257
+        )
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), paging)
+        fast, stats = generate_ids(backend, prompt, 40, greedy, 257, None, Speculation(backend, greedy, 2))
         assert fast == plain
         assert stats.draft_tokens > 0
         assert backend.cache_length - len(prompt) in (len(plain) - 1, len(plain))  # rejected drafts rolled back
@@ -118,7 +122,8 @@ def test_sampled_speculative_runs_and_reports_acceptance(default_model) -> None:
     model, tokenizer = default_model
     prompt = tokenizer.encode(PROMPT.decode(), add_bos=True)
     sampler = Sampler(SamplingParams(temperature=0.8, top_p=0.95, seed=3))
-    out, stats = generate_ids_speculative(TorchBackend(model), prompt, 48, sampler, tokenizer.eos_id, 2)
+    backend = TorchBackend(model)
+    out, stats = generate_ids(backend, prompt, 48, sampler, tokenizer.eos_id, None, Speculation(backend, sampler, 2))
     assert 0 < len(out) <= 48 and 0.0 <= stats.acceptance_rate <= 1.0
     assert "drafts accepted" in stats.line() and "acceptance_rate" in stats.to_dict()
 
@@ -131,7 +136,7 @@ def test_speculative_needs_mtp_heads() -> None:
     model = OmniCoder(config).eval()
     greedy = Sampler(SamplingParams(temperature=0))
     with pytest.raises(OmniCoderError, match="MTP heads"):
-        generate_ids_speculative(TorchBackend(model), [1, 2, 3], 4, greedy, 257, config.n_mtp + 1)
+        Speculation(TorchBackend(model), greedy, config.n_mtp + 1)
 
 
 def test_generate_cli_speculative_matches_plain(capsys) -> None:
@@ -180,7 +185,8 @@ def default_onnx(tmp_path_factory):
     """The default model's ONNX bundles and plain greedy runs of CODE_PROMPTS: weights -> (backend, runs), where a
     run is (prompt ids, output, the top-2 lead behind each output token)."""
     from omnicoder.runtimes.bundle import open_bundle
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     from omnicoder.weights import load_model
 
@@ -189,7 +195,7 @@ def default_onnx(tmp_path_factory):
     for weights in ("fp32", "int8", "int4"):
         export_bundle(load_model("default"), root / weights, weights=weights)
         bundle = open_bundle(root / weights)
-        backend = OnnxBackend(bundle, create_session(bundle, 1))
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
         tokenizer, runs = bundle.tokenizer(), []
         for i, text in enumerate(CODE_PROMPTS):
             ids = tokenizer.encode(text, add_bos=True)
@@ -213,7 +219,8 @@ def test_greedy_speculative_equals_plain_on_the_fp32_default_bundle(default_onnx
     calls = tokens = 0
     for ids, plain, _ in runs:
         for k in (1, 2):
-            fast, stats = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, k)
+            greedy = Sampler(SamplingParams(0))
+            fast, stats = generate_ids(backend, ids, len(plain), greedy, 257, None, Speculation(backend, greedy, k))
             assert fast == plain, (k, first_divergence(fast, plain))
             calls, tokens = calls + stats.model_calls, tokens + len(plain)
     assert calls < 0.75 * tokens  # fewer model calls than tokens, replays included
@@ -226,7 +233,8 @@ def test_tie_guard_makes_quantized_greedy_exact(default_onnx, weights: str) -> N
     backend, runs, _ = default_onnx[weights]
     margin = 10 * VERIFY_DISCREPANCY[weights]
     for ids, plain, _ in runs[:12]:
-        fast, _ = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, 2, None, margin)
+        greedy = Sampler(SamplingParams(0))
+        fast, _ = generate_ids(backend, ids, len(plain), greedy, 257, None, Speculation(backend, greedy, 2, margin))
         assert fast == plain, first_divergence(fast, plain)
         assert backend.cache_length - len(ids) in (len(plain) - 1, len(plain))  # rejected rows rolled back
 
@@ -239,7 +247,8 @@ def test_quantized_greedy_speculative_parts_only_at_near_ties(default_onnx, weig
     assert exactness(backend).tie_margin == 0 and weights in exactness(backend).caveats[0]
     identical = 0
     for ids, plain, margins in runs:
-        fast, _ = generate_ids_speculative(backend, ids, len(plain), Sampler(SamplingParams(0)), 257, 2)
+        greedy = Sampler(SamplingParams(0))
+        fast, _ = generate_ids(backend, ids, len(plain), greedy, 257, None, Speculation(backend, greedy, 2))
         parted = first_divergence(fast, plain)
         identical += parted is None
         if parted is not None:
@@ -293,15 +302,19 @@ def test_exactness_by_precision_and_cache_policy() -> None:
 def test_tie_guard_replays_on_paged_and_contiguous_caches(bundles) -> None:
     """An infinite margin distrusts every verified row: all tokens are replayed one per call, output unchanged."""
     from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_paging import PagingPolicy
-    from omnicoder.runtimes.onnx_session import OnnxBackend, create_session
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 
     bundle = open_bundle(bundles["mla-fp32"][2])
     prompt, greedy = list(range(40, 60)), Sampler(SamplingParams(temperature=0))
     for paging in (None, PagingPolicy(page_len=8, window=0)):
-        plain, _ = generate_ids(OnnxBackend(bundle, create_session(bundle, 1), paging), prompt, 30, greedy, 257)
-        backend = OnnxBackend(bundle, create_session(bundle, 1), paging)
-        fast, stats = generate_ids_speculative(backend, prompt, 30, greedy, 257, 2, tie_margin=float("inf"))
+        plain, _ = generate_ids(
+            GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), paging), prompt, 30, greedy, 257
+        )
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), paging)
+        strategy = Speculation(backend, greedy, 2, tie_margin=float("inf"))
+        fast, stats = generate_ids(backend, prompt, 30, greedy, 257, None, strategy)
         assert fast == plain and stats.model_calls >= len(plain)
 
 
