@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVCache, SharedKVCache
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
 

@@ -16,7 +16,7 @@ import numpy as np
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.cache_factory import make_cache
 from omnicoder.runtimes.kv_cache import as_numpy
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout
 from omnicoder.runtimes.kv_paging import PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionPolicy
 

@@ -10,7 +10,7 @@ import os
 
 import onnxruntime as ort
 from omnicoder.runtimes.bundle import Bundle
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout
 
 from omnicoder.errors import OmniCoderError
 

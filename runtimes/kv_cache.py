@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout
 
 from omnicoder.errors import OmniCoderError
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from omnicoder.runtimes.kv_cache import UNBOUNDED, KVCache, as_numpy, check_truncate
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout, rotate
 
 from omnicoder.errors import OmniCoderError
 
@@ -190,11 +190,7 @@ class PagedKVCache(KVCache):
 
     def _in_key_space(self, query: np.ndarray) -> np.ndarray:
         """Queries rotated like the keys when the KV rows are Hadamard-rotated."""
-        if self.layout.rotation != "hadamard":
-            return query
-        from omnicoder.runtimes.kv_format import rotate
-
-        return rotate(query, self.layout.key_group)
+        return rotate(query, self.layout.key_group) if self.layout.rotation == "hadamard" else query
 
     # -- selection -------------------------------------------------------------------------------------
     def window_pages(self) -> list[int]:

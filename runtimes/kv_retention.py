@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from omnicoder.runtimes.kv_cache import UNBOUNDED, KVCache, as_numpy
-from omnicoder.runtimes.kv_format import round_trip, row_bytes
-from omnicoder.runtimes.kv_layout import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout, round_trip, row_bytes
 
 from omnicoder.errors import OmniCoderError
 from omnicoder.io_contract import RETENTION

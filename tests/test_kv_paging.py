@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omnicoder.runtimes.bundle import open_bundle
 from omnicoder.runtimes.graph_backend import GraphBackend
-from omnicoder.runtimes.kv_cache import KVLayout
+from omnicoder.runtimes.kv_format import KVLayout
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
 

@@ -158,7 +158,7 @@ def test_sampling_vectors():
 
 def test_kv_layout_vectors():
     from omnicoder.runtimes.kv_budget import bytes_per_token_per_layer
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
 
     for case in load("kv_layout.json")["cases"]:
         layout = KVLayout(case["kv"], case["n_layers"])
@@ -170,7 +170,7 @@ def test_kv_layout_vectors():
 
 def test_paging_vectors():
     from omnicoder.runtimes.kv_budget import PageBudget, plan_paging
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
     from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 
     fake_presents = _generator()._fake_presents
@@ -277,7 +277,7 @@ def _retention_state(cache) -> dict:
 
 
 def test_retention_store_vectors():
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
     from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy
 
     gen = _generator()

@@ -18,7 +18,7 @@ def _configs():
 
 def kv_layout_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, paging_sidecar
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
 
     from omnicoder.kv_quant import KVQuantSpec
 
@@ -70,7 +70,7 @@ PAGE_CASES = [
 def paging_vectors() -> dict:
     from omnicoder.export.bundle_writer import kv_contract, paging_sidecar
     from omnicoder.runtimes.kv_budget import PageBudget, plan_paging
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
     from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 
     from omnicoder.kv_quant import KVQuantSpec

@@ -135,7 +135,7 @@ def _logits(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def _replay(name: str, kv: dict, n_layers: int, policy, updates: list, with_logits: bool, seed: int) -> dict:
-    from omnicoder.runtimes.kv_layout import KVLayout
+    from omnicoder.runtimes.kv_format import KVLayout
     from omnicoder.runtimes.kv_retention import RetentionKVCache
 
     from omnicoder.errors import OmniCoderError
