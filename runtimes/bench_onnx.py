@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import onnxruntime as ort
+from omnicoder.runtimes import graph_checks
 from omnicoder.runtimes.bench_calibration import CalibrationProbe
 from omnicoder.runtimes.bench_graph import graph_op_counts, profile_inventory
 from omnicoder.runtimes.bench_ops import OpPolicy, op_checks
@@ -19,7 +20,6 @@ from omnicoder.runtimes.bench_result import ProviderResult
 from omnicoder.runtimes.bench_timing import BenchSettings, measure, warm_up
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.graph_backend import GraphBackend
-from omnicoder.runtimes.graph_checks import check_session
 from omnicoder.runtimes.onnx_session import OnnxProgram, session_options
 from omnicoder.runtimes.stats import peak_rss_mb
 
@@ -31,23 +31,7 @@ LEVELS = {
 }
 NOT_LOCAL = {"AzureExecutionProvider"}  # listed as available by every build, runs nothing locally
 COMPILED_NODES = "contains compiled nodes"
-_STATE = ort.capi.onnxruntime_pybind11_state
-ORT_ERRORS = tuple(
-    getattr(_STATE, name)
-    for name in (
-        "Fail",
-        "InvalidArgument",
-        "InvalidGraph",
-        "InvalidProtobuf",
-        "NotImplemented",
-        "RuntimeException",
-        "EPFail",
-        "EngineError",
-        "NoSuchFile",
-        "ModelRequiresCompilation",
-    )
-    if hasattr(_STATE, name)
-) + (RuntimeError,)
+ORT_ERRORS = graph_checks.ORT_ERRORS + (RuntimeError,)
 
 
 def short_name(provider: str) -> str:
@@ -103,7 +87,7 @@ def bench_provider(
             reason = f"onnxruntime cannot build the session: {str(exc).strip().splitlines()[0]}"
             return ProviderResult(provider, "error", reason=reason)
         session_seconds = time.perf_counter() - start
-        check_session(bundle, session)
+        graph_checks.check_session(bundle, session)
         backend = GraphBackend(bundle, OnnxProgram(session))
         vocab = bundle.model["vocab_size"]
         warm_up(backend, settings, vocab)  # profiled: which provider ran which node
