@@ -17,6 +17,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from gen_hf_tokenizer import compact, hf_tokenizer_vectors  # noqa: E402
 from gen_kv import _fake_presents, kv_layout_vectors, paging_vectors  # noqa: E402, F401
 from gen_retention import retention_vectors, sidecar_policy  # noqa: E402, F401
 from gen_runs import FakeBackend, bundle_vectors, decode_loop_vectors  # noqa: E402, F401
@@ -199,6 +200,7 @@ def build_all() -> dict[str, bytes]:
         "paging.json": dumps(paging_vectors()).encode(),
         "decode_loop.json": dumps(decode_loop_vectors()).encode(),
         "retention.json": dumps(retention_vectors()).encode(),
+        "hf_tokenizer.json": (compact(hf_tokenizer_vectors()) + "\n").encode(),
     }
     out.update(bundle_vectors())
     return out
