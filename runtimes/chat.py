@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from omnicoder.runtimes.chat_template import render_chat
-from omnicoder.runtimes.decode_loop import StepBackend, continue_ids
+from omnicoder.runtimes.decode_loop import StepBackend, decode_text
 from omnicoder.runtimes.sampling import Sampler
 from omnicoder.runtimes.stats import GenerationStats
 
@@ -88,27 +88,12 @@ class ChatSession:
                 "start a new chat (or shorten the message)"
             )
         new = self._rewind(ids)
-        decoder = self.tokenizer.incremental_decoder()
-        pieces: list[str] = []
-
-        def emit(piece: str) -> None:
-            if piece:
-                pieces.append(piece)
-                if on_text is not None:
-                    on_text(piece)
-
-        on_token = lambda token: emit(decoder.push(token))  # noqa: E731
-        strategy = None
         if speculative and self.cached:
             raise OmniCoderError("--speculative drafts only a chat's first turn; drop it for a multi-turn chat")
-        if speculative:
-            from omnicoder.runtimes.speculative import Speculation
-
-            strategy = Speculation(self.backend, sampler, speculative)
-        out, stats = continue_ids(self.backend, new, max_new_tokens, sampler, self.stop_ids, on_token, strategy)
-        emit(decoder.flush())
+        reply, out, stats = decode_text(
+            self.backend, self.tokenizer, new, max_new_tokens, sampler, self.stop_ids, on_text, speculative, fresh=False
+        )
         self.cached = [*self.cached, *new, *out][: self.backend.cache_length]
         self.reply_ids = out
-        reply = "".join(pieces)
         self.messages = [*messages, {"role": "assistant", "content": reply}]
         return reply, stats

@@ -61,9 +61,19 @@ def chat_requested(args: argparse.Namespace) -> bool:
     return True
 
 
-def _write(piece: str) -> None:
+def write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
+
+
+def print_stats(args: argparse.Namespace, stats) -> None:
+    """After a one-shot reply: the stats as JSON on stdout's last line (--json; else a newline on a terminal), and
+    the stats line on stderr."""
+    if getattr(args, "json", False):
+        sys.stdout.write("\n" + stats.json() + "\n")
+    elif sys.stdout.isatty():
+        sys.stdout.write("\n")
+    print(stats.line(), file=sys.stderr)
 
 
 def _read_turn() -> str | None:
@@ -96,15 +106,11 @@ def run_chat(args: argparse.Namespace, prompt: str | None, backend, tokenizer, s
     session = ChatSession(backend, tokenizer, args.system, missing)
     speculative = getattr(args, "speculative", 0) or 0
     if prompt is not None:
-        _, stats = session.turn(prompt, args.max_new_tokens, sampler, on_text=_write, speculative=speculative)
-        if getattr(args, "json", False):
-            sys.stdout.write("\n" + stats.json() + "\n")
-        elif sys.stdout.isatty():
-            sys.stdout.write("\n")
-        print(stats.line(), file=sys.stderr)
+        _, stats = session.turn(prompt, args.max_new_tokens, sampler, on_text=write, speculative=speculative)
+        print_stats(args, stats)
         return 0
     while (user := _read_turn()) is not None:
-        _, stats = session.turn(user, args.max_new_tokens, sampler, on_text=_write)
+        _, stats = session.turn(user, args.max_new_tokens, sampler, on_text=write)
         sys.stdout.write("\n" + (stats.json() + "\n" if getattr(args, "json", False) else ""))
         sys.stdout.flush()
         print(stats.line(), file=sys.stderr)

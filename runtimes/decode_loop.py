@@ -171,8 +171,26 @@ def generate_text(
     """Generate a completion of `prompt`, streaming decoded text pieces to on_text.
 
     speculative > 0 drafts that many tokens per step with the MTP heads (`runtimes.speculative`)."""
-    decoder = tokenizer.incremental_decoder()
-    pieces: list[str] = []
+    prompt_ids = tokenizer.encode(prompt, add_bos=getattr(tokenizer, "add_bos", True))
+    stops = getattr(tokenizer, "stop_ids", [tokenizer.eos_id])
+    text, _, stats = decode_text(backend, tokenizer, prompt_ids, max_new_tokens, sampler, stops, on_text, speculative)
+    return text, stats
+
+
+def decode_text(
+    backend: StepBackend,
+    tokenizer,
+    ids: list[int],
+    max_new_tokens: int,
+    sampler: Sampler,
+    stops: Iterable[int],
+    on_text: Callable[[str], None] | None = None,
+    speculative: int = 0,
+    fresh: bool = True,
+) -> tuple[str, list[int], GenerationStats]:
+    """`generate_ids` (`continue_ids` unless `fresh`) with the new tokens decoded as they come, each text piece
+    streamed to on_text: (text, token ids, stats)."""
+    decoder, pieces = tokenizer.incremental_decoder(), []
 
     def emit(piece: str) -> None:
         if piece:
@@ -180,14 +198,12 @@ def generate_text(
             if on_text is not None:
                 on_text(piece)
 
-    prompt_ids = tokenizer.encode(prompt, add_bos=getattr(tokenizer, "add_bos", True))
-    stops = getattr(tokenizer, "stop_ids", [tokenizer.eos_id])
-    on_token = lambda token: emit(decoder.push(token))  # noqa: E731
     strategy = None
     if speculative:
         from omnicoder.runtimes.speculative import Speculation
 
         strategy = Speculation(backend, sampler, speculative)
-    _, stats = generate_ids(backend, prompt_ids, max_new_tokens, sampler, stops, on_token, strategy)
+    run = generate_ids if fresh else continue_ids
+    out, stats = run(backend, ids, max_new_tokens, sampler, stops, lambda token: emit(decoder.push(token)), strategy)
     emit(decoder.flush())
-    return "".join(pieces), stats
+    return "".join(pieces), out, stats

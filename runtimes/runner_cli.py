@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, run_chat
+from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, print_stats, run_chat, write
 
 from omnicoder.cliutil import COUNT, MEGABYTES, THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import OmniCoderError
@@ -109,31 +109,16 @@ def score(backend, bundle, files: list[str], window: int) -> dict:
 
     byte_level = bundle.manifest["tokenizer"]["type"] == "omnicoder-byte"
     docs, n_bytes = encode_documents(bundle.tokenizer(), read_files(files, "--score"), byte_level, "--score")
-    one_sequence = getattr(backend, "paging", None) is not None or getattr(backend, "retention", None) is not None
-    if one_sequence:  # each file as one sequence through the paged / budgeted cache
-        result = streaming_bits_per_byte(backend, docs, bundle.model["bos_id"], progress=True, n_bytes=n_bytes)
-        result["files"] = len(docs)
-        return result
-    context = backend.context_length
-    if window > context:
+    model, context = bundle.model, backend.context_length
+    if getattr(backend, "paging", None) is not None or getattr(backend, "retention", None) is not None:
+        # each file as one sequence through the paged / budgeted cache
+        result = streaming_bits_per_byte(backend, docs, model["bos_id"], progress=True, n_bytes=n_bytes)
+    elif window > context:
         raise OmniCoderError(f"--score-window {window} exceeds the bundle's context {context}")
-    model = bundle.model
-    result = bits_per_byte(
-        backend.full_logits, docs, model["bos_id"], model["pad_id"], window or context, progress=True, n_bytes=n_bytes
-    )
-    result["files"] = len(docs)
-    return result
-
-
-def warn_if_speculative_inexact(backend, sampler, k: int) -> None:
-    """One stderr line when --speculative K cannot keep plain decoding's output here (runtimes/speculative.py)."""
-    if not k:
-        return
-    from omnicoder.runtimes.speculative import exactness_note
-
-    note = exactness_note(backend, sampler, k)
-    if note:
-        print(note, file=sys.stderr)
+    else:
+        bos, pad = model["bos_id"], model["pad_id"]
+        result = bits_per_byte(backend.full_logits, docs, bos, pad, window or context, progress=True, n_bytes=n_bytes)
+    return {**result, "files": len(docs)}
 
 
 def run(args, make_backend: Callable) -> int:
@@ -158,21 +143,15 @@ def run(args, make_backend: Callable) -> int:
     bundle = open_bundle(args.bundle)
     backend = make_backend(bundle)
     tokenizer = bundle.tokenizer()
-    warn_if_speculative_inexact(backend, sampler, getattr(args, "speculative", 0) or 0)
+    speculative = getattr(args, "speculative", 0) or 0
+    if speculative:  # one stderr line when --speculative K cannot keep plain decoding's output here
+        from omnicoder.runtimes.speculative import exactness_note
+
+        note = exactness_note(backend, sampler, speculative)
+        if note:
+            print(note, file=sys.stderr)
     if chat:
         return run_chat(args, prompt, backend, tokenizer, sampler, "bundle")
-
-    def write(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    speculative = getattr(args, "speculative", 0) or 0
-    _, stats = generate_text(
-        backend, tokenizer, prompt, args.max_new_tokens, sampler, on_text=write, speculative=speculative
-    )
-    if args.json:
-        sys.stdout.write("\n" + stats.json() + "\n")
-    elif sys.stdout.isatty():
-        sys.stdout.write("\n")
-    print(stats.line(), file=sys.stderr)
+    _, stats = generate_text(backend, tokenizer, prompt, args.max_new_tokens, sampler, write, speculative)
+    print_stats(args, stats)
     return 0

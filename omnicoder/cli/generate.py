@@ -9,7 +9,7 @@ import sys
 
 from omnicoder.cliutil import THREADS, ArgumentParser, add_sampling_args, read_prompt
 from omnicoder.errors import cli_main
-from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, run_chat
+from omnicoder.runtimes.chat_cli import add_chat_args, chat_prompt, chat_requested, print_stats, run_chat, write
 from omnicoder.runtimes.sampling import Sampler, SamplingParams
 
 
@@ -41,25 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model_and_tokenizer(args.model)
+    backend = TorchBackend(model)
     if chat:
-        return run_chat(args, prompt, TorchBackend(model), tokenizer, sampler, "model")
-
-    def write(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    _, stats = generate_text(
-        TorchBackend(model),
-        tokenizer,
-        prompt,
-        args.max_new_tokens,
-        sampler,
-        on_text=write,
-        speculative=args.speculative,
-    )
-    if sys.stdout.isatty():  # keep piped output exactly the generated text
-        sys.stdout.write("\n")
-    print(stats.line(), file=sys.stderr)
+        return run_chat(args, prompt, backend, tokenizer, sampler, "model")
+    _, stats = generate_text(backend, tokenizer, prompt, args.max_new_tokens, sampler, write, args.speculative)
+    print_stats(args, stats)  # no --json here: a newline on a terminal keeps piped output exactly the text
     return 0
 
 
