@@ -1,21 +1,12 @@
 """A fixed calibration probe for the provider bench: speed floors relative to this machine, measured in the run.
 
-Absolute tok/s floors only make sense where the device is known (a phone profile). On a shared CI machine the
-CPU changes from one day to the next (AMD AVX2, Intel AVX-512) and other work takes cores at random moments, so a
-`"calibrated": true` profile gates on the bundle's tok/s *divided by* the speed of this probe, measured in the same
-process, with the same provider, threads and session options, interleaved round by round with the bundle's own
-timing: whatever slows the machine slows both, and the ratio stays.
-
-The probe is a small decoder-shaped ONNX graph built here and never changed: BLOCKS blocks of an int4
-(blocked DequantizeLinear + MatMul, which onnxruntime fuses to MatMulNBits, the bundle's hot kernel) up and
-down projection with a residual and LayerNormalization, HIDDEN wide. Its decode run takes one row, its prefill
-run `prefill_tokens` rows, so each speed has the probe mode that resembles it. It shares onnxruntime's kernels
-with the bundle but none of OmniCoder's exporter or runner code: a lost fusion, an extra op, a slower graph or
-a slower runner step moves the ratio; the machine does not. Weights are small integers times powers of two, so
-the graph is identical on every machine.
-
-Building the probe needs the `onnx` package (`pip install 'omnicoder[bench]'`); device profiles with absolute
-floors do not.
+On a shared CI machine the CPU and the load change from run to run, so a `"calibrated": true` profile gates on
+the bundle's tok/s divided by this probe's speed, measured in the same process with the same provider, threads
+and session options, interleaved round by round. The probe is a small decoder-shaped ONNX graph built here and
+never changed (BLOCKS int4 up/down projections, which onnxruntime fuses to MatMulNBits, with residual and
+LayerNormalization); its decode run takes one row, its prefill run `prefill_tokens` rows. It shares onnxruntime's
+kernels but none of OmniCoder's code, so a lost fusion or a slower runner moves the ratio and the machine does
+not. Building it needs the `onnx` package (`pip install 'omnicoder[bench]'`).
 """
 
 from __future__ import annotations

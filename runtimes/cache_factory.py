@@ -1,8 +1,7 @@
-"""Which KV cache a bundle and the KV flags get. Torch-free.
+"""Which KV cache a bundle and the KV flags get: the one place for the rules between the caches. Torch-free.
 
-The one place for the rules between the caches: shared buffers exclude paging and retention, paging and
-retention exclude each other, a paging window must fit the model's context, and predicted pages / H2O need
-a graph that outputs queries.
+Shared buffers exclude paging and retention, paging and retention exclude each other, a paging window must fit
+the model's context, and predicted pages / H2O need a graph that outputs queries.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The generation loop every runner shares (PyTorch reference, ONNX, ExecuTorch). Torch-free.
 
-A backend owns the model and its KV cache; the loop owns the prefill and the first token, stop ids, the
-token limit, the context check, streaming and the stats, so all runners behave the same for the same flags.
-How the tokens after the first are produced is the run's `Strategy`: plain decoding (one token per call,
-`PlainDecoding`) or speculative decoding with the MTP heads (`runtimes.speculative.Speculation`: each call
-verifies drafts and accepts some).
+A backend owns the model and its KV cache; the loop owns the prefill and first token, stop ids, the token limit,
+the context check, streaming and the stats. The tokens after the first come from the run's `Strategy`:
+`PlainDecoding` (one per call) or `runtimes.speculative.Speculation` (MTP drafts verified per call).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""An ExecuTorch program (a bundle's model.pte) as a backend for the shared decode loop and scorer.
+"""An ExecuTorch program (a bundle's model.pte) as a backend of the shared decode loop and scorer.
 
-- `--kv buffer` bundles (`ExecuTorchBufferBackend`): the KV cache lives inside the program; each call passes
-  the tokens and the absolute position of the first one (`input_pos`), ExecuTorch's LLM convention. A reset
-  only rewinds the position: attention never reads cache slots at or after the current position, so old
-  entries are overwritten before they can be seen (no buffer zeroing or method reload needed); `truncate`
-  rewinds it to any earlier length the same way (a multi-turn chat's rollback, runtimes/chat.py).
-- `--kv io` bundles: past/present KV tensors like the ONNX graph, so the runtimes' KV-cache interface
-  (contiguous or paged, windowed, predicted pages, retention, speculative rollback) drives it: the
-  target-neutral graph backend (runtimes/graph_backend.py) over `ExecuTorchProgram`.
-
-The ExecuTorch Python runtime itself loads torch (accepted for this runner only); this module imports it,
-and executorch, lazily inside functions, so importing it stays torch-free.
+`--kv buffer` bundles (`ExecuTorchBufferBackend`) keep the KV cache inside the program: a call passes the tokens
+and the position of the first (`input_pos`, ExecuTorch's LLM convention); reset and `truncate` only move that
+position (attention never reads slots at or after it). `--kv io` bundles take past/present KV like the ONNX graph:
+the graph backend (runtimes/graph_backend.py) over `ExecuTorchProgram`, with every KV-cache kind. ExecuTorch's
+Python runtime loads torch; it is imported lazily, so importing this module stays torch-free.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """A bundle's decode-step graph as a backend of the decode loop and the scorer, whatever runs it. Torch-free.
 
-The graph takes token ids, positions and the past KV tensors and returns logits (and, on request, the MTP
-heads' logits), the present KV tensors and any extra outputs the cache asks for. A `Program` runs one call:
-an onnxruntime session (runtimes/onnx_session.py) or an ExecuTorch `--kv io` method
-(runtimes/executorch_session.py). The KV cache (runtimes/kv_cache.py, chosen in runtimes/cache_factory.py)
-says what to feed, which outputs it wants, how many tokens a call may take and whether its buffers are bound
-in place; this backend only moves tensors between the two.
+A `Program` runs one call (ids, positions, past KV -> logits, MTP logits, presents, extra outputs): an onnxruntime
+session (runtimes/onnx_session.py) or an ExecuTorch `--kv io` method (runtimes/executorch_session.py). The KV cache
+(runtimes/kv_cache.py, chosen in cache_factory.py) says what to feed, which outputs it wants, how many tokens a
+call may take and whether its buffers are bound in place; this backend only moves tensors between the two.
 """
 
 from __future__ import annotations

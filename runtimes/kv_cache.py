@@ -1,14 +1,10 @@
-"""The one KV-cache interface of the runtimes. Torch-free.
+"""The one KV-cache interface of the runtimes (`KVCache`). Torch-free.
 
-A cache hands the decode-step graph its past KV tensors (`feeds`), takes the graph's present KV back
-(`update`), and knows its length (the absolute position of the next token). It also tells the backend what
-else a call needs, so the backend never looks past this interface: which extra graph outputs it wants
-(`extra_outputs`, handed to `observe_outputs` before `update`), how many tokens one call may take
-(`tokens_per_call`), how far positions may run (`context_limit`), and whether its feeds are fixed buffers the
-graph updates in place (`in_place`, grown by `reserve`). Kinds: `ContiguousKVCache` (the graph's own output
-buffers passed straight back in), `SharedKVCache` (--kv-io shared buffers), `PagedKVCache` (runtimes/kv_paging.py)
-and `RetentionKVCache` (runtimes/kv_retention.py); a quantized KV format is a property of the layout.
-Which cache a bundle and the KV flags get is decided in one place: runtimes/cache_factory.py.
+A cache feeds the graph its past KV (`feeds`), takes the presents back (`update`) and knows its length (the next
+token's absolute position); it also tells the backend what else a call needs (`extra_outputs`, `tokens_per_call`,
+`context_limit`, `in_place` buffers grown by `reserve`), so the backend never looks past it. Kinds:
+`ContiguousKVCache`, `SharedKVCache` (--kv-io shared), `PagedKVCache` (kv_paging.py), `RetentionKVCache`
+(kv_retention.py); runtimes/cache_factory.py picks one.
 """
 
 from __future__ import annotations

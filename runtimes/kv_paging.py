@@ -1,14 +1,10 @@
 """A paged KV cache with windowing and spill to a memory-mapped file. Torch-free (numpy).
 
-The cache holds every token's KV rows in pages of `page_len` tokens (all layers of a token range in one page).
-Each step it materializes only what the model should attend to: the first `sink_pages` pages, the pages of the
-last `window` tokens, and up to `predicted_pages` more chosen by `select` (by default Quest-style scores of the
-last call's queries, the graph's `query.{i}` outputs this cache asks for, against each page's key summary).
-Positions stay absolute: the runner passes each token's true position, so dropping pages from the attended set
-never shifts RoPE.
-
-Pages beyond `ram_budget_bytes` spill to a memory-mapped file (oldest evictable first: never sinks or the
-window) and come back bit-identical when selected.
+Every token's KV rows are kept in pages of `page_len` tokens (all layers of a token range). Each call attends the
+first `sink_pages` pages, the pages of the last `window` tokens and up to `predicted_pages` more chosen by `select`
+(by default Quest scores of the last call's queries, the graph's `query.{i}` outputs, against page key summaries).
+Positions stay absolute, so dropping pages never shifts RoPE. Pages beyond `ram_budget_bytes` spill to a
+memory-mapped file (oldest evictable first, never sinks or the window) and come back bit-identical.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """A token-level KV cache under a memory budget: learned retention, StreamingLLM and H2O. Torch-free (numpy).
 
-Behind the runtimes' KV-cache interface (runtimes/kv_cache.py; calls of RETENTION_CHUNK tokens, so the policy
-acts between them), the cache holds one row per token and keeps its resident bytes under `budget_bytes`. The
-first `sink_tokens` and the last `recent_window` tokens (default: 3/4 of what the budget holds) are always kept;
-when over budget, the lowest-ranked other token is handled:
-
-- `learned` (the model's retention head, `model.retention.json`): rank by logit(keep) - logit(drop); a token
-  whose class is not "drop" is first *compressed* (its rows stored as NF4, `compress_bytes_per_token`), and
-  only an already compressed or "drop" token is evicted.
-- `streaming` (StreamingLLM, Xiao et al. 2023): the oldest goes (sinks + recent window).
-- `h2o` (Zhang et al. 2023): rank by the attention the token has accumulated so far, computed from the
-  graph's query outputs against the cached keys.
-
-The signals (the `retention` logits, the queries) are graph outputs the cache asks each call for
-(`extra_outputs`); `observe` takes them before `update` takes the call's rows.
-
-Positions stay absolute: the runner passes each token's true position, so eviction never shifts RoPE.
+The cache keeps its resident bytes under `budget_bytes`, always keeping the first `sink_tokens` and the last
+`recent_window` tokens (default: 3/4 of what the budget holds); when over budget the lowest-ranked other token is
+handled: `learned` (the model's retention head, model.retention.json) ranks by logit(keep) - logit(drop) and first
+compresses a token not classed "drop" (NF4 rows) before evicting; `streaming` (Xiao et al. 2023) evicts the
+oldest; `h2o` (Zhang et al. 2023) ranks by accumulated attention from the graph's query outputs. The signals are
+graph outputs the cache asks each call for (`extra_outputs`); calls take RETENTION_CHUNK tokens, so the policy
+acts between them. Positions stay absolute: eviction never shifts RoPE.
 """
 
 from __future__ import annotations

@@ -1,43 +1,21 @@
 """Self-speculative decoding with the model's multi-token-prediction heads. Torch-free.
 
-At the last cached position p the LM head gives token p+1 and MTP head j drafts token p+1+j. One model call
-with T = k + 1 tokens [x, d_1 .. d_k] verifies the drafts: d_i is accepted with probability
-min(1, p_i(d_i) / q_i(d_i)) (p_i: the target distribution after the previous tokens, q_i: the draft head's
-distribution; both through the same temperature / top-k / top-p), and on the first rejection a token is drawn
-from the normalized residual max(0, p_i - q_i) and the cache is rolled back to the accepted prefix. This is the
-standard rule (Leviathan et al. 2023; Chen et al. 2023): the output follows the distribution of the verify rows'
-logits. With greedy sampling p and q are one-hot.
+At the last cached position p the LM head gives token p+1 and MTP head j drafts token p+1+j. One call with
+[x, d_1 .. d_k] verifies the drafts: d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)) (target vs draft
+distribution, both through the same temperature / top-k / top-p); on the first rejection a token is drawn from
+the normalized residual max(0, p_i - q_i) and the cache is rolled back (Leviathan et al. 2023; Chen et al. 2023).
 
-What holds, precisely. Kernels round a T-token call differently from T one-token calls, and the KV rows a verify
-call writes differ the same way, so a verify row's logits are plain decoding's only up to a discrepancy
-(VERIFY_DISCREPANCY, measured on the default model over held-out code, docs/benchmarks.md): 3e-5 with fp32 or
-fp16 weights; 0.15 with int4 weights (MatMulNBits takes another kernel path for one row); 2.2 with int8 weights
-(their activations share one quantization scale per call); an fp16 / u8 KV cache adds 0.003 / 0.03.
+What holds: a T-token call rounds differently from T one-token calls, so verify rows equal plain decoding's logits
+only up to VERIFY_DISCREPANCY (measured, docs/benchmarks.md). Greedy with fp32/fp16 weights and KV
+(`exactness(backend).tie_margin` > 0): a verify row decides a token only when its top-2 lead is at least
+FLOAT_TIE_MARGIN; at a closer row the cache is rolled back to the last row plain decoding computed identically and
+the tokens since are replayed one per call, so the output is plain greedy decoding's, token for token. Other
+precisions, sampling, a KV window, predicted pages or a retention budget: outputs follow plain decoding only
+approximately; `exactness_note` is the stderr line a runner prints then.
 
-- Greedy with fp32/fp16 weights and an fp32 KV cache (`exactness(backend).tie_margin` > 0): the prompt is
-  prefilled as plain decoding does, and a verify row decides a token only when its best logit leads the runner-up
-  by at least FLOAT_TIE_MARGIN (1e-3, 30x the discrepancy; a decision can flip only where the lead is under twice
-  it). At a closer row the drafts before it are kept, the cache is rolled back to the last row plain decoding
-  would have computed identically, and the tokens since are replayed one per call, as plain decoding runs them,
-  so that row's logits are plain decoding's own. The output is then plain greedy decoding's, token for token,
-  whenever the discrepancy stays under half the margin.
-- Greedy with other weights or KV precisions: no guard (closer rows would be so common that replaying them costs
-  more than speculation saves). The output equals plain decoding's up to the first token whose best logit leads
-  by less than twice the discrepancy; from there on it can differ.
-- Sampling: the tokens follow the verify rows' distribution, plain decoding's up to the discrepancy.
-- With a KV window (paging) a verify call attends the window as of its first token (later drafts see up to k
-  more tokens than plain decoding would); with predicted pages the pages come from the previous call's last
-  query; under a retention budget the policy acts once per call, not per token. Outputs can then differ.
-
-`exactness(backend)` says which case applies; `exactness_note` is the one line a runner prints to stderr when the
-user asks for --speculative where it is not exact.
-
-`Speculation` is a strategy of the one decode loop (runtimes/decode_loop.py), which keeps the prefill, stop
-ids, the token limit, the context check, streaming and the stats; this module keeps drafting, verifying,
-accepting and the rollbacks. A backend adds two methods to the decode-step protocol: `verify(ids, positions)
--> (logits [T, V], mtp_logits [T, n_mtp, V])`, appending the T tokens to its cache, and `truncate(length)`.
-It may name its `precision` (the manifest's section) and `paging` / `retention` policies; one without
-`precision` (the PyTorch reference) counts as fp32.
+`Speculation` is a strategy of the one decode loop (runtimes/decode_loop.py, which keeps the prefill, stops, limits
+and stats); a backend adds `verify(ids, positions) -> (logits [T, V], mtp_logits [T, n_mtp, V])` and
+`truncate(length)`, and may name its `precision` and `paging` / `retention` (none: fp32, no policy).
 """
 
 from __future__ import annotations
