@@ -15,7 +15,6 @@ from omnicoder.errors import OmniCoderError
 
 FIX = "re-export the bundle with omnicoder-export"
 GRAPH_SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "executorch": ".pte"}
-COMPONENT_BYTES = {"float32": 4, "float16": 2, "uint8": 1}
 MAX_KV_WIDTH = 65536
 MAX_TOKENS = 1 << 24
 
@@ -81,15 +80,9 @@ def kv_storage(manifest: dict) -> dict:
 
 
 def kv_bytes_per_token_per_layer(manifest: dict) -> int:
-    """Stored KV bytes of one token in one layer, from the manifest's KV contract."""
-    kv = manifest["graph"]["kv"]
-    storage = kv_storage(manifest)
-    widths = [("key", kv["key_dim"])] + ([("value", kv["value_dim"])] if kv.get("past_value") else [])
-    total = 0
-    for side, width in widths:
-        parts = _components(storage, side) if storage else [("", "float32", width)]
-        total += sum(COMPONENT_BYTES[d] * w for _, d, w in parts)
-    return kv["heads"] * total
+    """Stored KV bytes of one token in one layer, from the manifest's KV contract (checked first)."""
+    kv_storage(manifest)
+    return kv_format.KVLayout(manifest["graph"]["kv"], 1).bytes_per_token()
 
 
 def check_manifest(manifest: dict) -> None:
@@ -155,15 +148,9 @@ def _check_tensor_list(manifest: dict) -> None:
         return
     layers = manifest["model"]["n_layers"]
     past = [n for n in listed if n not in ("input_ids", "position_ids")]
-    storage = kv_storage(manifest)
-    widths = {}
-    for layer in range(layers):
-        for side, template in (("key", kv["past_key"]), ("value", kv.get("past_value"))):
-            if not template:
-                continue
-            width = kv[f"{side}_dim"]
-            for suffix, dtype, w in _components(storage, side) if storage else [("", "float32", width)]:
-                widths[template.format(layer=layer) + suffix] = (dtype, w)
+    kv_storage(manifest)  # checked before the layout reads it
+    layout = kv_format.KVLayout(kv, layers)
+    widths = {n: (str(d), w) for n, w, d in zip(layout.inputs, layout.widths, layout.dtypes, strict=True)}
     if set(past) != set(widths):
         missing = sorted(set(widths) - set(past))[:2] or sorted(set(past) - set(widths))[:2]
         _fail(f"manifest.json: graph.inputs do not match graph.kv and model.n_layers {layers} (e.g. {missing})")
