@@ -24,18 +24,8 @@ from omnicoder.cliutil import ArgumentParser
 from omnicoder.errors import OmniCoderError, cli_main
 
 REQUIRED_METADATA = (
-    "omnicoder.bundle_format_version",
-    "omnicoder.kv_mode",
-    "omnicoder.weights",
-    "rope_theta",
-    "rope_scaling",
-    "n_layers",
-    "n_heads",
-    "n_kv_heads",
-    "head_dim",
-    "kv_latent_dim",
-    "context_length",
-    "max_seq_len",
+    *("omnicoder.bundle_format_version", "omnicoder.kv_mode", "omnicoder.weights", "rope_theta", "rope_scaling"),
+    *("n_layers", "n_heads", "n_kv_heads", "head_dim", "kv_latent_dim", "context_length", "max_seq_len"),
 )
 SPEC_VERSIONS = {"iOS17": 8, "iOS18": 9}  # the newest Core ML specification version each OS loads
 _PROTO_ALIAS = "_omnicoder_coreml_proto"

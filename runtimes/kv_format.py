@@ -26,27 +26,11 @@ GROUP_OVERHEAD_BYTES = {"fp32": 0, "fp16": 0, "u8": 4, "nf4": 2}  # fp16 scale (
 QUANT_GROUP = 32  # the export's default --kv-group
 MIN_SCALE = 1e-6  # smallest scale stored (keeps all-equal groups finite)
 # QLoRA's NormalFloat-4 levels (Dettmers et al. 2023, appendix E); omnicoder.kv_quant uses these too
-NF4_LEVELS = np.array(
-    [
-        -1.0,
-        -0.6961928009986877,
-        -0.5250730514526367,
-        -0.39491748809814453,
-        -0.28444138169288635,
-        -0.18477343022823334,
-        -0.09105003625154495,
-        0.0,
-        0.07958029955625534,
-        0.16093020141124725,
-        0.24611230194568634,
-        0.33791524171066284,
-        0.44070982933044434,
-        0.5626170039176941,
-        0.7229568362236023,
-        1.0,
-    ],
-    np.float32,
-)
+NF4_LEVELS = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+    -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171066284,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], np.float32)  # fmt: skip
 NF4_MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2  # a value takes the level of the interval it falls in
 
 

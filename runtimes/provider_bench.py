@@ -61,11 +61,6 @@ PLANNED = {
 }
 
 
-def register_checker(target: str, factory: Callable[[], TargetChecker]) -> None:
-    """Plug in the checker of a bundle target (Core ML, ExecuTorch, ...)."""
-    CHECKERS[target] = factory
-
-
 def checker_for(target: str) -> TargetChecker:
     if target not in CHECKERS:
         missing = PLANNED.get(target, f"a checker for {target!r} bundles")
