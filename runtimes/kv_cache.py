@@ -111,13 +111,9 @@ def _nbytes(value) -> int:
 
 
 class SharedKVCache(KVCache):
-    """KV for `--kv-io shared` bundles: one buffer per KV tensor [1, heads, capacity, width], bound as both the
-    past input and the present output, so the graph writes each step's new rows in place.
-
-    Slot = absolute position; the rows in use are the first `length`. A rollback only moves the length back
-    (later rows are overwritten by the next step). The buffers start at `capacity` tokens and double (keeping
-    the rows in use) up to `limit`, the model's context. `make_buffer(shape, dtype)` allocates one buffer.
-    """
+    """KV for `--kv-io shared` bundles: one buffer [1, heads, capacity, width] per KV tensor, bound as both past
+    and present so the graph writes new rows in place (slot = position; a rollback only moves the length). The
+    buffers start at `capacity` tokens and double up to `limit`; `make_buffer(shape, dtype)` allocates one."""
 
     in_place = True
 

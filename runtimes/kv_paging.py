@@ -68,14 +68,13 @@ class SpillFile:
         self.slots = capacity
 
     def write(self, data: bytes) -> int:
-        slot = self._free.pop() if self._free else self._next_slot()
+        if self._free:
+            slot = self._free.pop()
+        else:
+            self._ensure(self._used + 1)
+            slot, self._used = self._used, self._used + 1
         self._map[slot * self.page_bytes : slot * self.page_bytes + len(data)] = np.frombuffer(data, np.uint8)
         return slot
-
-    def _next_slot(self) -> int:
-        self._ensure(self._used + 1)
-        self._used += 1
-        return self._used - 1
 
     def read(self, slot: int, size: int) -> bytes:
         return bytes(self._map[slot * self.page_bytes : slot * self.page_bytes + size])
