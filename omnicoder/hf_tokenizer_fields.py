@@ -1,8 +1,12 @@
 """What an `hf:DIR` checkpoint says about its tokenizer beyond tokenizer.json: whether prompts start with BOS,
 every id that ends generation, and the chat template. Torch-free; reads files only.
 
-- add_bos: tokenizer_config.json's `add_bos_token`; else whether tokenizer.json's post-processor puts the BOS
-  token first (Llama 3's TemplateProcessing does, Qwen's ByteLevel does not).
+- add_bos: as transformers (4.57) decides. The fast tokenizer classes that rebuild tokenizer.json's
+  post-processor from `add_bos_token` (Llama, CodeLlama, Gemma, Cohere: default true; GPT-NeoX: default false)
+  follow tokenizer_config.json's `add_bos_token`; every other class (PreTrainedTokenizerFast, GPT2, Qwen2, ...)
+  ignores that flag, and whether tokenizer.json's post-processor puts the BOS token first decides (Llama 3's
+  TemplateProcessing does, Qwen's ByteLevel does not). The class is tokenizer_config.json's `tokenizer_class`,
+  else config.json's, else the model type's (transformers' AutoTokenizer order).
 - stop ids: config.json's and generation_config.json's `eos_token_id` (an id or a list: Llama 3 Instruct lists
   `<|eot_id|>` and `<|eom_id|>`), and tokenizer_config.json's `eos_token`.
 - chat template: chat_template.jinja, else chat_template.json's `chat_template`, else tokenizer_config.json's
@@ -20,6 +24,28 @@ from omnicoder.runtimes.input_files import MAX_JSON_BYTES, read_text
 from omnicoder.tokenizer import HFTokenizer
 
 FIX = "fix it or re-save the checkpoint with save_pretrained"
+# fast tokenizer classes whose __init__ rewrites the post-processor from add_bos_token, with its default
+BOS_FROM_FLAG = {
+    "LlamaTokenizer": True,
+    "CodeLlamaTokenizer": True,
+    "GemmaTokenizer": True,
+    "CohereTokenizer": True,
+    "GPTNeoXTokenizer": False,
+}
+# AutoTokenizer's class per model type, where it is one of the above (others let the post-processor decide)
+MODEL_TYPE_TOKENIZERS = {
+    "llama": "LlamaTokenizer",
+    "mistral": "LlamaTokenizer",
+    "phi3": "LlamaTokenizer",
+    "gemma": "GemmaTokenizer",
+    "gemma2": "GemmaTokenizer",
+    "gemma3": "GemmaTokenizer",
+    "gemma3_text": "GemmaTokenizer",
+    "cohere": "CohereTokenizer",
+    "olmo": "GPTNeoXTokenizer",
+    "olmo2": "GPTNeoXTokenizer",
+    "gpt_neox": "GPTNeoXTokenizer",
+}
 MAX_TEMPLATE_BYTES = 1 << 20
 
 
@@ -74,10 +100,25 @@ def _adds_bos(processor: Any, bos_text: str | None, bos_id: int) -> bool:
     return False
 
 
-def add_bos(tokenizer_config: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: HFTokenizer) -> bool:
-    value = tokenizer_config.get("add_bos_token")
-    if isinstance(value, bool):
-        return value
+def tokenizer_class(tokenizer_config: dict[str, Any], hf_config: dict[str, Any]) -> str | None:
+    """The tokenizer class transformers' AutoTokenizer picks, without its "Fast" suffix."""
+    name = tokenizer_config.get("tokenizer_class") or hf_config.get("tokenizer_class")
+    if not isinstance(name, str):
+        name = MODEL_TYPE_TOKENIZERS.get(str(hf_config.get("model_type")))
+    return name.removesuffix("Fast") if isinstance(name, str) else None
+
+
+def add_bos(
+    tokenizer_config: dict[str, Any],
+    tokenizer_spec: dict[str, Any],
+    tokenizer: HFTokenizer,
+    hf_config: dict[str, Any] | None = None,
+) -> bool:
+    """Whether the checkpoint's own tokenizer (as transformers loads it) starts a sequence with BOS."""
+    kind = tokenizer_class(tokenizer_config, hf_config or {})
+    if kind in BOS_FROM_FLAG:
+        value = tokenizer_config.get("add_bos_token")
+        return (value if isinstance(value, bool) else BOS_FROM_FLAG[kind]) and tokenizer.bos_id >= 0
     bos_text = tokenizer.token_text(tokenizer.bos_id)
     return _adds_bos(tokenizer_spec.get("post_processor"), bos_text, tokenizer.bos_id)
 
@@ -119,7 +160,7 @@ def read_checkpoint_fields(
     tokenizer_config = _optional_json(path / "tokenizer_config.json")
     generation_config = _optional_json(path / "generation_config.json")
     return {
-        "add_bos": add_bos(tokenizer_config, tokenizer_spec, tokenizer),
+        "add_bos": add_bos(tokenizer_config, tokenizer_spec, tokenizer, hf_config),
         "stop_ids": stop_ids(hf_config, generation_config, tokenizer_config, tokenizer),
         "chat_template": chat_template(path, tokenizer_config),
     }
