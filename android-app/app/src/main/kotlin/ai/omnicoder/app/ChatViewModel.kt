@@ -1,10 +1,10 @@
 package ai.omnicoder.app
 
 import ai.omnicoder.core.Bundle
-import ai.omnicoder.core.ByteTokenizer
 import ai.omnicoder.core.Conversation
 import ai.omnicoder.core.Sampler
 import ai.omnicoder.core.SamplingParams
+import ai.omnicoder.core.TextTokenizer
 import android.app.Application
 import androidx.lifecycle.AndroidViewModel
 import androidx.lifecycle.viewModelScope
@@ -34,7 +34,7 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
     private val stop = AtomicBoolean(false)
     private var session: OrtModelSession? = null
     private var conversation: Conversation? = null
-    private var tokenizer: ByteTokenizer? = null
+    private var tokenizer: TextTokenizer? = null
     private var pagingNote = ""
 
     var sampling = SamplingParams(temperature = 0.7, topK = 40, topP = 0.95, seed = 0)

@@ -33,6 +33,8 @@ class Manifest(val json: JSONObject) {
     val kv: JSONObject
     val tokenizerFile: String
     val tokenizerType: String
+    val tokenizerAddBos: Boolean
+    val stopIds: List<Int>
     val sidecars: Map<String, String>
     val files: Map<String, FileEntry>
 
@@ -49,6 +51,9 @@ class Manifest(val json: JSONObject) {
             val tok = json.getJSONObject("tokenizer")
             tokenizerFile = tok.getString("file")
             tokenizerType = tok.getString("type")
+            tokenizerAddBos = tok.optBoolean("add_bos", true)
+            val stops = tok.optJSONArray("stop_ids")
+            stopIds = if (stops == null) listOf(model.eosId) else (0 until stops.length()).map { stops.getInt(it) }
             val side = json.getJSONObject("sidecars")
             sidecars = side.keys().asSequence().associateWith { side.getString(it) }
             val f = json.getJSONObject("files")
@@ -71,6 +76,10 @@ class Manifest(val json: JSONObject) {
 
 /** A verified bundle directory. */
 class Bundle(val root: File, val manifest: Manifest) {
+    companion object {
+        const val HF_TYPE = "huggingface"
+    }
+
     fun file(name: String): File = BundleReader.safeMember(root, name)
 
     fun sidecar(kind: String): JSONObject? {
@@ -82,11 +91,29 @@ class Bundle(val root: File, val manifest: Manifest) {
         }
     }
 
-    fun tokenizer(): ByteTokenizer {
-        if (manifest.tokenizerType != ByteTokenizer.TYPE) {
-            throw BundleException(BundleErrorKind.INVALID, "the app supports only omnicoder-byte tokenizers")
+    /** The bundle's tokenizer: omnicoder-byte, or a Hugging Face tokenizer.json (byte-level BPE, HfTokenizer). */
+    fun tokenizer(): TextTokenizer {
+        val name = manifest.tokenizerFile
+        val m = manifest.model
+        val tok = when (manifest.tokenizerType) {
+            ByteTokenizer.TYPE -> ByteTokenizer.fromJson(file(name).readText())
+            HF_TYPE -> try {
+                BundleHfTokenizer(HfTokenizer.fromJson(file(name).readText()), m.bosId, m.eosId, manifest.tokenizerAddBos, manifest.stopIds)
+            } catch (e: TokenizerException) {
+                throw BundleException(BundleErrorKind.INVALID, "bundle tokenizer $name cannot be used: ${e.message}")
+            }
+            else -> throw BundleException(
+                BundleErrorKind.INVALID,
+                "tokenizer type ${manifest.tokenizerType} is not supported (the app reads ${ByteTokenizer.TYPE} and $HF_TYPE)",
+            )
         }
-        return ByteTokenizer.fromJson(file(manifest.tokenizerFile).readText())
+        if (tok.vocabSize > m.vocabSize) {
+            throw BundleException(
+                BundleErrorKind.INVALID,
+                "bundle tokenizer $name has ${tok.vocabSize} tokens, more than model.vocab_size ${m.vocabSize}; re-export the bundle",
+            )
+        }
+        return tok
     }
 
     fun kvLayout(): KvLayout = KvLayout(manifest.kv, manifest.model.nLayers)

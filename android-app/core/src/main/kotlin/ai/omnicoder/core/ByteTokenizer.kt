@@ -8,8 +8,16 @@ import org.json.JSONObject
  * Text is encoded as generalized UTF-8 (a lone surrogate takes 3 bytes, as Python's `surrogatepass`), so any
  * Kotlin String round-trips. `decode` turns invalid bytes into U+FFFD where Python would raise.
  */
-class ByteTokenizer(val vocabSize: Int = 272, val bosId: Int = 256, val eosId: Int = 257, val padId: Int = 258) {
-    fun encode(text: String, addBos: Boolean = false): IntArray {
+class ByteTokenizer(
+    override val vocabSize: Int = 272,
+    override val bosId: Int = 256,
+    override val eosId: Int = 257,
+    val padId: Int = 258,
+) : TextTokenizer {
+    override val addsBos: Boolean get() = true
+    override val stopIds: List<Int> get() = listOf(eosId)
+
+    override fun encode(text: String, addBos: Boolean): IntArray {
         val out = ArrayList<Int>(text.length + 1)
         if (addBos) out.add(bosId)
         var i = 0
@@ -26,7 +34,7 @@ class ByteTokenizer(val vocabSize: Int = 272, val bosId: Int = 256, val eosId: I
         return out.toIntArray()
     }
 
-    fun decode(ids: IntArray): String {
+    override fun decode(ids: IntArray): String {
         val decoder = Utf8StreamDecoder(surrogatePass = true)
         val sb = StringBuilder()
         for (id in ids) if (id in 0..255) sb.append(decoder.push(id))
@@ -34,7 +42,7 @@ class ByteTokenizer(val vocabSize: Int = 272, val bosId: Int = 256, val eosId: I
         return sb.toString()
     }
 
-    fun streamDecoder(): StreamDecoder = Utf8StreamDecoder(surrogatePass = false)
+    override fun streamDecoder(): StreamDecoder = Utf8StreamDecoder(surrogatePass = false)
 
     companion object {
         const val TYPE = "omnicoder-byte"
