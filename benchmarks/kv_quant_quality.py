@@ -50,12 +50,13 @@ class SimulatedSlot:
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+    def attend_latent(self, q, row, latent_dim: int, attention):
         import torch
 
         from omnicoder.kv_quant import KVQuantSpec, dequantize, quantize
 
         b, _, t, width = row.shape
+        scale = attention.scale  # the layer's kv_slot.AttentionSpec (MLA: no window, no soft-cap)
         positions = torch.arange(t)
         causal = positions[None, :] <= positions[:, None]
         if self.mode == "per-token":  # what the graph ships: every row quantized, groups along the row

@@ -6,7 +6,8 @@
   torch-frontend op that maps it natively onto one iOS18 MIL `scaled_dot_product_attention`; with `native=False`
   the exporter decomposes it with `mla_composite` instead (the fallback, which coremltools also turns into SDPA).
 - GQA layers call `grouped_sdpa`: the query heads of each KV head become extra query rows, so MIL's SDPA (which
-  needs equal batch/head dims and takes no `scale`) runs once per layer without copying K/V.
+  needs equal batch/head dims and takes no `scale`) runs once per layer without copying K/V. A soft-capped layer
+  (Gemma 2) writes the same grouped attention out (matmul, tanh, add mask, softmax, matmul): MIL's SDPA has no cap.
 - The KV-slot classes (`omnicoder.kv_slot`): `StateSlot` (stateful models) writes a layer's new keys into the
   stacked `keyCache` / `valueCache` buffers at slots [end - T, end) and attends over slots [0, end); `IOKVSlot`
   (`--kv io`: KV in, present KV out) concatenates past and new and attends the same way.
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from omnicoder import ops
-from omnicoder.kv_slot import PastKV
-from omnicoder.ops import causal_mask, newest_mask
+from omnicoder.kv_slot import AttentionSpec, PastKV
+from omnicoder.ops import causal_mask, newest_mask, softcap_scores
 from omnicoder.static_kv import StaticKVSlot
 
 MASKED = -30000.0  # additive mask value: large enough for softmax, safe in fp16 (coremltools uses the same)
@@ -184,10 +185,18 @@ def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     return (1.0 - allowed.to(torch.float32)) * MASKED
 
 
-def grouped_sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):
-    """GQA attention as one SDPA: q [B, Hq, T, D] over keys/values [B, Hkv, S, D*] with additive mask [T, S]."""
+def grouped_sdpa(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float = 0.0
+):
+    """GQA attention as one SDPA: q [B, Hq, T, D] over keys/values [B, Hkv, S, D*] with additive mask [T, S]
+    (written out when `softcap` > 0: scores soft-capped before the mask)."""
     _, hq, t, d = q.shape
     group = hq // keys.shape[1]
+    if softcap > 0:
+        queries = q.unflatten(1, (keys.shape[1], group)).flatten(2, 3)
+        scores = softcap_scores(torch.matmul(queries, keys.transpose(-1, -2)) * scale, softcap)
+        out = torch.softmax(scores + mask.repeat(group, 1), dim=-1) @ values
+        return out.unflatten(2, (group, t)).flatten(1, 2)
     if not math.isclose(scale * math.sqrt(d), 1.0):
         q = q * (scale * math.sqrt(d))  # the MIL op has no scale argument: fold it into the query
     queries = q.unflatten(1, (keys.shape[1], group)).flatten(2, 3)  # [B, Hkv, G*T, D], no K/V copies
@@ -221,12 +230,12 @@ class StateSlot(StaticKVSlot):
         cache[self.layer, :, :, self.end - new.shape[2] : self.end] = new
         return cache[self.layer, :, :, : self.end]
 
-    def sdpa(self, q, k, v, scale: float, window: int) -> torch.Tensor:
-        return grouped_sdpa(q, k, v, self.mask(window), scale)
+    def sdpa(self, q, k, v, spec: AttentionSpec) -> torch.Tensor:
+        return grouped_sdpa(q, k, v, self.mask(spec.window), spec.scale, spec.softcap)
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
-        rows = self.update(self.key, row)
-        return torch.ops.omnicoder_coreml.mla(q, rows, self.mask(window), latent_dim, scale), rows
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
+        rows = self.update(self.key, row)  # MLA layers have no soft-cap (the config refuses it)
+        return torch.ops.omnicoder_coreml.mla(q, rows, self.mask(spec.window), latent_dim, spec.scale), rows
 
 
 # ---- KV-in / KV-out graphs -----------------------------------------------------------------------------
@@ -241,10 +250,11 @@ class IOKVSlot(PastKV):
         return additive_mask(newest_mask(q_len, kv_len, window))
 
     @staticmethod
-    def sdpa(q, keys, values, scale: float, window: int) -> torch.Tensor:
-        return grouped_sdpa(q, keys, values, IOKVSlot.mask(q.shape[2], keys.shape[2], window), scale)
+    def sdpa(q, keys, values, spec: AttentionSpec) -> torch.Tensor:
+        mask = IOKVSlot.mask(q.shape[2], keys.shape[2], spec.window)
+        return grouped_sdpa(q, keys, values, mask, spec.scale, spec.softcap)
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
         rows = self.rows(row)
-        mask = self.mask(q.shape[2], rows.shape[2], window)
-        return torch.ops.omnicoder_coreml.mla(q, rows, mask, latent_dim, scale), rows
+        mask = self.mask(q.shape[2], rows.shape[2], spec.window)
+        return torch.ops.omnicoder_coreml.mla(q, rows, mask, latent_dim, spec.scale), rows

@@ -10,6 +10,7 @@
 - `--kv io`: `omnicoder.decode_step.DecodeStep` (explicit past/present KV tensors, the I/O contract of
   `omnicoder.io_contract`) with `IOKVSlot`: attention on `llama::custom_sdpa` (fused) or plain masked SDPA
   (reference).
+- Soft-capped layers (Gemma 2) attend with the written-out form (`ops.explicit_attention`): custom_sdpa has no cap.
 - `delegable_norms`: every RMSNorm in its XNNPACK-delegable form while tracing (`omnicoder.layers.RMSNorm`).
 """
 
@@ -23,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnicoder.decode_step import DecodeStep
-from omnicoder.kv_slot import PastKV
+from omnicoder.kv_slot import AttentionSpec, PastKV
 from omnicoder.layers import RMSNorm
 from omnicoder.model import OmniCoder
-from omnicoder.ops import causal_mask, newest_mask
+from omnicoder.ops import causal_mask, explicit_attention, newest_mask
 from omnicoder.static_kv import StaticCacheDecoder, StaticKVSlot
 
 ATTENTION_MODES = ("fused", "reference")
@@ -69,8 +70,12 @@ class FusedKVSlot(StaticKVSlot):
     def mask(self, window: int) -> torch.Tensor:
         return causal_mask(self.input_pos, self.key.shape[1], window)
 
-    def fused_sdpa(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, window: int):
-        """q [B, Hq, T, D] over the caches -> [B, Hq, T, Dv]."""
+    def fused_sdpa(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, spec: AttentionSpec):
+        """q [B, Hq, T, D] over the caches [B, S, H, D*] -> [B, Hq, T, Dv]."""
+        scale, window, softcap = spec
+        if softcap > 0:
+            bhsd = (keys.transpose(1, 2), values.transpose(1, 2))
+            return explicit_attention(q, *bhsd, self.mask(window), scale, softcap)
         q = q.transpose(1, 2).contiguous()
         if window > 0:
             out = torch.ops.llama.custom_sdpa(q, keys, values, 0, float_mask(self.mask(window)), 0.0, False, scale)
@@ -81,14 +86,14 @@ class FusedKVSlot(StaticKVSlot):
     def write(self, cache: torch.Tensor, new: torch.Tensor) -> None:
         torch.ops.llama.update_cache(new.transpose(1, 2).contiguous(), cache, self.start)
 
-    def attend(self, q, k, v, scale: float, window: int):
+    def attend(self, q, k, v, spec: AttentionSpec):
         self.write(self.key, k)
         self.write(self.value, v)
-        return self.fused_sdpa(q, self.key, self.value, scale, window), self.key, self.value
+        return self.fused_sdpa(q, self.key, self.value, spec), self.key, self.value
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
         self.write(self.key, row)
-        out = self.fused_sdpa(q, self.key, self.key, scale, window)
+        out = self.fused_sdpa(q, self.key, self.key, spec)
         return out[..., :latent_dim], self.key
 
 
@@ -123,11 +128,14 @@ class ExecuTorchCacheDecoder(StaticCacheDecoder):
 # ---- --kv io ----------------------------------------------------------------------------------------------
 
 
-def _sdpa_any(q, keys, values, past_len, scale: float, window: int, fused: bool):
+def _sdpa_any(q, keys, values, past_len, spec: AttentionSpec, fused: bool):
     """Causal attention of the T newest queries over keys/values [B, H, P + T, D] (bottom-right aligned)."""
+    scale, window, softcap = spec
     mask = None
-    if window > 0 or not fused:
+    if window > 0 or not fused or softcap > 0:
         mask = newest_mask(q.shape[2], keys.shape[2], window, q.device)
+    if softcap > 0:
+        return explicit_attention(q, keys, values, mask, scale, softcap)
     if fused:
         bshd = [t.transpose(1, 2).contiguous() for t in (q, keys, values)]
         if window > 0:
@@ -149,14 +157,14 @@ class IOKVSlot(PastKV):
     def extend(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return torch.cat((past, new), dim=2)
 
-    def sdpa(self, q, keys, values, scale: float, window: int) -> torch.Tensor:
-        return _sdpa_any(q, keys, values, self.key.shape[2], scale, window, self.fused)
+    def sdpa(self, q, keys, values, spec: AttentionSpec) -> torch.Tensor:
+        return _sdpa_any(q, keys, values, self.key.shape[2], spec, self.fused)
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
         rows = self.rows(row)
         if self.fused:  # custom_sdpa needs V as wide as K: attend with the whole rows, keep the latent columns
-            return self.sdpa(q, rows, rows, scale, window)[..., :latent_dim], rows
-        return self.sdpa(q, rows, rows[..., :latent_dim], scale, window), rows
+            return self.sdpa(q, rows, rows, spec)[..., :latent_dim], rows
+        return self.sdpa(q, rows, rows[..., :latent_dim], spec), rows
 
 
 class ReferenceIOKVSlot(IOKVSlot):

@@ -171,6 +171,10 @@ def export_onnx_bundle(
             "use --kv-io present for this combination"
         )
     config: OmniCoderConfig = model.config
+    if options.kv_io == "shared" and (feature := _per_layer_feature(config)):
+        raise OmniCoderError(
+            f"--kv-io shared cannot carry {feature} (one fused attention form for every layer); use --kv-io present"
+        )
     spec = options.kv_spec()
     started = time.perf_counter()
     parameters = model.num_parameters()
@@ -260,6 +264,20 @@ def export_onnx_bundle(
         stages.update(1)
     stages.close()
     return manifest
+
+
+def _per_layer_feature(config: OmniCoderConfig) -> str | None:
+    """The first feature that makes layers attend differently, or that --kv-io shared's rewrite (one window, one
+    RoPE table, no soft-cap) would drop; None when every layer is the same plain attention."""
+    features = {
+        "sliding and full attention layers": len({config.layer_window(i) for i in range(config.n_layers)}) > 1,
+        "a second RoPE base (rope_local_theta)": config.rope_local_theta > 0,
+        "NoPE layers": bool(config.nope_layers),
+        "partial rotary (rotary_dim)": config.rope_dim != config.head_dim,
+        "longrope scaling": config.rope_scaling.type == "longrope",
+        "attention logit soft-capping": config.attn_logit_softcap > 0,
+    }
+    return next((name for name, present in features.items() if present), None)
 
 
 def _rotary_tables(model) -> tuple | None:

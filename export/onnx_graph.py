@@ -12,7 +12,9 @@ MLA models cache one latent row per token ([latent | RoPE key], one "head"), so 
 `omnicoder.decode_step`. The ONNX lowering is this exporter's KV-slot class (`kv_slot.CustomOpKV`: attention as
 `torch.ops.omnicoder.*` nodes), its module swap (`quant.QuantLinearOp`) and its translation table:
 `cached_attention` -> ONNX `Attention` (opset >= 23, past/present KV inputs, is_causal) or
-`com.microsoft.GroupQueryAttention`; `quant_linear` -> an `omnicoder.QuantLinear` placeholder node that
+`com.microsoft.GroupQueryAttention`; each layer's scale, sliding window (the slot's mask) and logit soft-cap
+(`Attention`'s `softcap` attribute, applied before the mask; onnxruntime's CPU kernel honours it) are that node's
+own, so layers may differ; `quant_linear` -> an `omnicoder.QuantLinear` placeholder node that
 `onnx_quant.py` lowers to the requested int4/int8 form.
 """
 
@@ -93,7 +95,13 @@ def _gqa_schema():
         ],
         [("output", "T"), ("present_key", "T"), ("present_value", "T")],
         [("T", ["tensor(float)", "tensor(float16)"]), ("M", ["tensor(int32)"])],
-        [("num_heads", "INT"), ("kv_num_heads", "INT"), ("scale", "FLOAT"), ("local_window_size", "INT")],
+        [
+            ("num_heads", "INT"),
+            ("kv_num_heads", "INT"),
+            ("scale", "FLOAT"),
+            ("local_window_size", "INT"),
+            ("softcap", "FLOAT"),
+        ],
     )
 
 
@@ -105,22 +113,28 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
     quant_linear_op = values.Op(values.Opset("omnicoder", 1), "QuantLinear", _quant_linear_schema())
     gqa_op = values.Op(values.Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
-    def attention_onnx(q, k, v, past_k, past_v, mask, scale: float, window: int):
+    def capped(softcap: float) -> dict:
+        """The `softcap` attribute only where a layer has one (graphs of other models stay as they were)."""
+        return {"softcap": softcap} if softcap > 0 else {}
+
+    def attention_onnx(q, k, v, past_k, past_v, mask, scale: float, window: int, softcap: float):
         if window > 0:  # sliding window: the slot's mask (ops.causal_mask) instead of is_causal
-            y, present_k, present_v, _ = op.Attention(q, k, v, mask, past_k, past_v, scale=scale)
+            y, present_k, present_v, _ = op.Attention(q, k, v, mask, past_k, past_v, scale=scale, **capped(softcap))
             return y, present_k, present_v
-        y, present_k, present_v, _ = op.Attention(q, k, v, None, past_k, past_v, is_causal=1, scale=scale)
+        y, present_k, present_v, _ = op.Attention(
+            q, k, v, None, past_k, past_v, is_causal=1, scale=scale, **capped(softcap)
+        )
         return y, present_k, present_v
 
-    def latent_attention_onnx(q, row, past_rows, mask, latent_dim: int, scale: float):
+    def latent_attention_onnx(q, row, past_rows, mask, latent_dim: int, scale: float, softcap: float):
         rows = op.Concat(past_rows, row, axis=2)
         values = op.Slice(
             rows, op.Constant(value_ints=[0]), op.Constant(value_ints=[latent_dim]), op.Constant(value_ints=[3])
         )
-        y, _, _, _ = op.Attention(q, rows, values, mask, scale=scale)
+        y, _, _, _ = op.Attention(q, rows, values, mask, scale=scale, **capped(softcap))
         return y, rows
 
-    def attention_gqa(q, k, v, past_k, past_v, mask, scale: float, window: int):
+    def attention_gqa(q, k, v, past_k, past_v, mask, scale: float, window: int, softcap: float):
         # com.microsoft.GroupQueryAttention takes BSH (3-D) queries and BNSH caches
         heads, kv_heads = config.n_heads, config.n_kv_heads
         q3 = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))
@@ -143,6 +157,7 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
             scale=scale,
             local_window_size=window if window > 0 else -1,
             _outputs=3,
+            **capped(softcap),
         )
         shape = op.Concat(
             op.Shape(q, start=0, end=1), op.Shape(q, start=2, end=3), op.Constant(value_ints=[heads, -1]), axis=0
@@ -150,9 +165,9 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
         y = op.Transpose(op.Reshape(y3, shape), perm=[0, 2, 1, 3])
         return y, present_k, present_v
 
-    def masked_attention_onnx(q, k, v, mask, scale: float):
+    def masked_attention_onnx(q, k, v, mask, scale: float, softcap: float):
         """Attention over an assembled cache [B, H, S, D] with the slot's bottom-right causal (banded) mask."""
-        y, _, _, _ = op.Attention(q, k, v, mask, scale=scale)
+        y, _, _, _ = op.Attention(q, k, v, mask, scale=scale, **capped(softcap))
         return y
 
     def quant_linear(x, qweight, scales, bits: int):

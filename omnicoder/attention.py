@@ -1,9 +1,10 @@
 """The two attention kinds behind one interface.
 
-Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens and the layer's KV slot
-(`omnicoder.kv_slot`: the one attention boundary), and return an `AttentionResult`: the output [B, T, d], the new
-entry for the T tokens, the present entry for past + new tokens as the slot produced it, and the queries in the
-cached keys' space (what a runtime scores KV pages with, Quest-style).
+Both take the layer input x [B, T, d], the rotary (cos, sin) of the T new tokens (None: a NoPE layer) and the
+layer's KV slot (`omnicoder.kv_slot`: the one attention boundary), and return an `AttentionResult`: the output
+[B, T, d], the new entry for the T tokens, the present entry for past + new tokens as the slot produced it, and the
+queries in the cached keys' space (what a runtime scores KV pages with, Quest-style). Each module is built for one
+layer and hands the slot that layer's `AttentionSpec` (scale, window, soft-cap) on every call.
 
 - GQA caches key [B, n_kv_heads, T, head_dim] and value of the same shape.
 - MLA caches one row per token: key = [latent (kv_latent_dim) | rotated RoPE key (rope_head_dim)] as
@@ -21,11 +22,21 @@ from torch import nn
 
 from omnicoder import ops
 from omnicoder.config import OmniCoderConfig
-from omnicoder.kv_slot import KVSlot, LayerKV
+from omnicoder.kv_slot import AttentionSpec, KVSlot, LayerKV
 from omnicoder.layers import RMSNorm
 from omnicoder.rope import apply_rope
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+def layer_spec(config: OmniCoderConfig, layer: int) -> AttentionSpec:
+    """The attention settings of layer `layer`: softmax scale, its sliding window (0: full), logit soft-cap."""
+    return AttentionSpec(config.softmax_scale, config.layer_window(layer), config.attn_logit_softcap)
+
+
+def rotate(x: torch.Tensor, rotary: Rotary | None) -> torch.Tensor:
+    """x rotated by `rotary`, or x itself for a NoPE layer (None)."""
+    return x if rotary is None else apply_rope(x, *rotary)
 
 
 class AttentionResult(NamedTuple):
@@ -36,27 +47,37 @@ class AttentionResult(NamedTuple):
 
 
 class GroupedQueryAttention(nn.Module):
-    def __init__(self, config: OmniCoderConfig) -> None:
+    """GQA with optional q/k RMSNorm: per head over head_dim ("head" scope) or over the whole q and k projections
+    before the split into heads ("projection" scope, OLMo 2)."""
+
+    def __init__(self, config: OmniCoderConfig, layer: int = 0) -> None:
         super().__init__()
         c = config
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
-        self.window = c.sliding_window
+        self.spec = layer_spec(c, layer)
         self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.attention_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
-        self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
-        self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
+        self.norm_projection = c.qk_norm_scope == "projection"
+        q_width, k_width = (
+            (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim) if self.norm_projection else (c.head_dim,) * 2
+        )
+        self.q_norm = RMSNorm(q_width, c.norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(k_width, c.norm_eps) if c.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, slot: KVSlot) -> AttentionResult:
+    def forward(self, x: torch.Tensor, rotary: Rotary | None, slot: KVSlot) -> AttentionResult:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.q_norm is not None and self.norm_projection:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
-        out, keys, values = slot.attend(q, k, v, 1.0 / math.sqrt(self.head_dim), self.window)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and not self.norm_projection:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, rotary), rotate(k, rotary)
+        out, keys, values = slot.attend(q, k, v, self.spec)
         return AttentionResult(self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v), (keys, values), q)
 
 
@@ -69,12 +90,12 @@ class LatentAttention(nn.Module):
     one KV head; `absorbed=False` expands per-head keys and values (the naive form). Both are equal.
     """
 
-    def __init__(self, config: OmniCoderConfig, absorbed: bool = True) -> None:
+    def __init__(self, config: OmniCoderConfig, layer: int = 0, absorbed: bool = True) -> None:
         super().__init__()
         c = config
         self.n_heads, self.head_dim = c.n_heads, c.head_dim
         self.latent_dim, self.rope_dim = c.kv_latent_dim, c.rope_head_dim
-        self.window = c.sliding_window
+        self.spec = layer_spec(c, layer)
         self.absorbed = absorbed
         self.q_proj = nn.Linear(c.d_model, c.n_heads * (c.head_dim + c.rope_head_dim), bias=False)
         self.kv_down = nn.Linear(c.d_model, c.kv_latent_dim + c.rope_head_dim, bias=False)
@@ -83,20 +104,19 @@ class LatentAttention(nn.Module):
         self.k_up = nn.Parameter(torch.randn(c.n_heads, c.head_dim, c.kv_latent_dim) * scale)
         self.v_up = nn.Parameter(torch.randn(c.n_heads, c.head_dim, c.kv_latent_dim) * scale)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
-        self.scale = 1.0 / math.sqrt(c.head_dim + c.rope_head_dim)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, slot: KVSlot) -> AttentionResult:
+    def forward(self, x: torch.Tensor, rotary: Rotary | None, slot: KVSlot) -> AttentionResult:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split((self.head_dim, self.rope_dim), dim=-1)
-        q_rope = apply_rope(q_rope, *rotary)
+        q_rope = rotate(q_rope, rotary)
         latent, k_rope = self.kv_down(x).split((self.latent_dim, self.rope_dim), dim=-1)
-        k_rope = apply_rope(k_rope.unsqueeze(1), *rotary)
+        k_rope = rotate(k_rope.unsqueeze(1), rotary)
         row = torch.cat((self.kv_norm(latent).unsqueeze(1), k_rope), dim=-1)  # [B, 1, T, dl + dr]
         # the absorbed query [W_uk-absorbed query | rotated RoPE query] attends over the latent rows
         query = torch.cat((torch.einsum("bhtd,hdc->bhtc", q_nope, self.k_up), q_rope), dim=-1)
         if self.absorbed:
-            ctx_latent, rows = slot.attend_latent(query, row, self.latent_dim, self.scale, self.window)
+            ctx_latent, rows = slot.attend_latent(query, row, self.latent_dim, self.spec)
             out = torch.einsum("bhtc,hdc->bhtd", ctx_latent, self.v_up)
         else:
             rows = slot.rows(row)
@@ -111,8 +131,9 @@ class LatentAttention(nn.Module):
         values = torch.einsum("bxsc,hdc->bhsd", latent, self.v_up)
         keys = torch.cat((k_nope, k_rope.expand(-1, self.n_heads, -1, -1)), dim=-1)
         query = torch.cat((q_nope, q_rope), dim=-1)
-        return ops.attention(query, keys, values, self.scale, self.window)
+        return ops.attention(query, keys, values, self.spec)
 
 
-def make_attention(config: OmniCoderConfig) -> nn.Module:
-    return GroupedQueryAttention(config) if config.attention == "gqa" else LatentAttention(config)
+def make_attention(config: OmniCoderConfig, layer: int = 0) -> nn.Module:
+    """Layer `layer`'s attention module (its AttentionSpec comes from the config's per-layer settings)."""
+    return GroupedQueryAttention(config, layer) if config.attention == "gqa" else LatentAttention(config, layer)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from omnicoder.errors import OmniCoderError
-from omnicoder.kv_slot import KVSlot
+from omnicoder.kv_slot import AttentionSpec, KVSlot
 from omnicoder.runtimes import kv_format
 
 KV_DTYPES = ("fp32", "fp16", "u8", "nf4")
@@ -161,7 +161,7 @@ class QuantizedKVSlot(KVSlot):
     def _rotation(self, width: int) -> int:
         return self.spec.group_for(width) if self.spec.rotation == "hadamard" else 0
 
-    def attend(self, q, k, v, scale: float, window: int):
+    def attend(self, q, k, v, spec: AttentionSpec):
         gk, gv = self._rotation(k.shape[-1]), self._rotation(v.shape[-1])
         if gk:
             q, k = rotate(q, gk), rotate(k, gk)
@@ -169,15 +169,15 @@ class QuantizedKVSlot(KVSlot):
             v = rotate(v, gv)
         keys = torch.cat(self._store(self.past_key, k), dim=2)
         values = torch.cat(self._store(self.past_value, v), dim=2)
-        out = self.sdpa(q, keys, values, scale, window)
+        out = self.sdpa(q, keys, values, spec)
         return (rotate(out, gv) if gv else out), keys, values
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
         g = self._rotation(row.shape[-1])
         if g and latent_dim % g:
             raise OmniCoderError(f"--kv-rotation needs the latent width {latent_dim} to be a multiple of {g}")
         if g:
             q, row = rotate(q, g), rotate(row, g)
         rows = torch.cat(self._store(self.past_key, row), dim=2)
-        out = self.sdpa(q, rows, rows[..., :latent_dim], scale, window)
+        out = self.sdpa(q, rows, rows[..., :latent_dim], spec)
         return (rotate(out, g) if g else out), rows

@@ -1,4 +1,4 @@
-"""Small building blocks: RMSNorm and the SwiGLU MLP."""
+"""Small building blocks: RMSNorm and the gated MLP (SwiGLU, or GeGLU with tanh-approximated GELU)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,18 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)); act is "silu" (SwiGLU) or "gelu_tanh" (Gemma's gelu_pytorch_tanh)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, activation: str = "silu") -> None:
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.activation = activation
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh") if self.activation == "gelu_tanh" else F.silu(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

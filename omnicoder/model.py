@@ -4,6 +4,10 @@ Decode-step API: `model(input_ids [B, T], positions [B, T], past)` where `past` 
 (key, value) cache entry or KV slot (`omnicoder.kv_slot`) per layer, or None; returns `DecoderOutput` with the
 logits, the new cache entries for the T tokens only, and the optional head outputs. Positions are absolute token
 positions.
+
+Per-layer settings come from the config: each layer's attention spec (window, scale, soft-cap), which RoPE it
+applies (the global one at rope_theta with rope_scaling, the local one at rope_local_theta for sliding layers, none
+for NoPE layers), and the block's norm placement ("pre", "sandwich", "post") and residual multiplier.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnicoder.attention import AttentionResult, make_attention
-from omnicoder.config import OmniCoderConfig
+from omnicoder.config import OmniCoderConfig, RopeScaling
 from omnicoder.kv_slot import KVSlot, LayerKV, as_slot
-from omnicoder.layers import RMSNorm, SwiGLU
-from omnicoder.rope import RotaryEmbedding
+from omnicoder.layers import GatedMLP, RMSNorm
+from omnicoder.rope import RotaryEmbedding, make_rotary
 
 RETENTION_CLASSES = ("keep", "compress", "drop")
 
@@ -34,18 +38,37 @@ class DecoderOutput:
     queries: list[torch.Tensor] | None = None  # per layer [B, Hq, T, key width]: queries vs the cached keys
 
 
+def _norm(config: OmniCoderConfig, present: bool) -> RMSNorm | None:
+    return RMSNorm(config.d_model, config.norm_eps) if present else None
+
+
+def _apply(norm: RMSNorm | None, x: torch.Tensor) -> torch.Tensor:
+    return x if norm is None else norm(x)
+
+
 class Block(nn.Module):
-    def __init__(self, config: OmniCoderConfig) -> None:
+    """One decoder layer. Norms by placement: "pre" attn_norm / mlp_norm on the sublayer inputs; "sandwich" those
+    plus attn_post_norm / mlp_post_norm on the sublayer outputs; "post" the output norms only. The sublayer output
+    is scaled by residual_multiplier (when not 1) before it joins the residual stream."""
+
+    def __init__(self, config: OmniCoderConfig, layer: int = 0) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = make_attention(config)
-        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
+        c = config
+        self.attn_norm = _norm(c, c.norm_placement != "post")
+        self.attn = make_attention(c, layer)
+        self.attn_post_norm = _norm(c, c.norm_placement != "pre")
+        self.mlp_norm = _norm(c, c.norm_placement != "post")
+        self.mlp = GatedMLP(c.d_model, c.mlp_hidden, c.mlp_activation)
+        self.mlp_post_norm = _norm(c, c.norm_placement != "pre")
+        self.residual_multiplier = c.residual_multiplier
+
+    def _residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return x + (out if self.residual_multiplier == 1.0 else out * self.residual_multiplier)
 
     def forward(self, x: torch.Tensor, rotary, slot: KVSlot) -> tuple[torch.Tensor, AttentionResult]:
-        attn = self.attn(self.attn_norm(x), rotary, slot)
-        x = x + attn.out
-        return x + self.mlp(self.mlp_norm(x)), attn
+        attn = self.attn(_apply(self.attn_norm, x), rotary, slot)
+        x = self._residual(x, _apply(self.attn_post_norm, attn.out))
+        return self._residual(x, _apply(self.mlp_post_norm, self.mlp(_apply(self.mlp_norm, x)))), attn
 
 
 class MTPHead(nn.Module):
@@ -66,9 +89,10 @@ class OmniCoder(nn.Module):
         self.config = config.validate()
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        rope_dim = c.head_dim if c.attention == "gqa" else c.rope_head_dim
-        self.rotary = RotaryEmbedding(rope_dim, c.rope_theta, c.rope_scaling)
-        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.rotary = make_rotary(c.rope_dim, c.rope_theta, c.rope_scaling, c.max_seq_len)
+        local = c.rope_local_theta > 0 and any(c.uses_local_rope(i) for i in range(c.n_layers))
+        self.local_rotary = RotaryEmbedding(c.rope_dim, c.rope_local_theta, RopeScaling()) if local else None
+        self.layers = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
@@ -101,13 +125,18 @@ class OmniCoder(nn.Module):
         past: list[LayerKV | KVSlot] | None = None,
         heads: bool = True,
     ) -> DecoderOutput:
+        c = self.config
         x = self.embed(input_ids)
+        if c.embedding_multiplier != 1.0:  # Gemma: sqrt(d_model) in the model dtype, as transformers does
+            x = x * torch.tensor(c.embedding_multiplier, dtype=x.dtype)
         rotary = self.rotary(positions)
+        local = None if self.local_rotary is None else self.local_rotary(positions)
         results: list[AttentionResult] = []
         for i, layer in enumerate(self.layers):
-            x, attn = layer(x, rotary, as_slot(None if past is None else past[i]))
+            layer_rotary = None if not c.uses_rope(i) else local if c.uses_local_rope(i) else rotary
+            x, attn = layer(x, layer_rotary, as_slot(None if past is None else past[i]))
             results.append(attn)
-        logits = self.lm_head(self.norm(x))
+        logits = self.head(x)
         out = DecoderOutput(
             logits=logits,
             new_kv=[r.new for r in results],
@@ -116,10 +145,20 @@ class OmniCoder(nn.Module):
             queries=[r.query for r in results],
         )
         if heads and len(self.mtp_heads):
-            out.mtp_logits = torch.stack([self.lm_head(self.norm(m(x))) for m in self.mtp_heads], dim=2)
+            out.mtp_logits = torch.stack([self.head(m(x)) for m in self.mtp_heads], dim=2)
         if heads and self.retention_head is not None:
             out.retention = self.retention_head(x)
         return out
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head, logit multiplier and final soft-cap: hidden [.., d] -> logits [.., V]."""
+        c = self.config
+        logits = self.lm_head(self.norm(hidden))
+        if c.logit_multiplier != 1.0:
+            logits = logits * c.logit_multiplier
+        if c.final_logit_softcap > 0:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

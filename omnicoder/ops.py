@@ -10,15 +10,31 @@ ops instead (through its KV-slot class, `omnicoder.kv_slot`, and `omnicoder.quan
 - masked_attention (attention over a cache the caller assembled, e.g. dequantized KV): ONNX `Attention`
   with an explicit mask.
 The attention ops take the slot's `causal_mask` (the one mask every target uses) as an input where they need one
-(a sliding window, MLA's rows, an assembled cache), so a graph computes it once, from the same rule.
+(a sliding window, MLA's rows, an assembled cache), so a graph computes it once, from the same rule, and a layer's
+`AttentionSpec` (softmax scale, sliding window, logit soft-cap) as scalar arguments.
 - quant_linear / quant_linear_zp: ONNX DequantizeLinear(int4, block 32) + MatMul (ORT fuses it into MatMulNBits),
   or MatMulNBits directly, or int8 dynamic quantization; Core ML `constexpr_blockwise_shift_scale`.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class AttentionSpec(NamedTuple):
+    """One layer's attention settings, as the attention modules hand them to their KV slot.
+
+    scale: softmax scale of q·k. window: sliding window in tokens (0: full causal attention). softcap: attention
+    logit soft-cap, scores = softcap * tanh(scores / softcap) before the mask (Gemma 2; 0: off).
+    """
+
+    scale: float
+    window: int = 0
+    softcap: float = 0.0
+
 
 # ---- reference implementations ---------------------------------------------------------------------
 
@@ -51,13 +67,37 @@ def newest_mask(q_len, kv_len, window: int, device: torch.device | None = None) 
     return causal_mask(newest_positions(q_len, kv_len, device), kv_len, window)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0) -> torch.Tensor:
+def softcap_scores(scores: torch.Tensor, softcap: float) -> torch.Tensor:
+    """softcap * tanh(scores / softcap); scores unchanged when softcap is 0."""
+    return torch.tanh(scores / softcap) * softcap if softcap > 0 else scores
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, softcap: float
+) -> torch.Tensor:
+    """Attention written out (scores, soft-cap, mask, softmax), for soft-capped layers that SDPA cannot express.
+
+    q [B, Hq, T, D] over k/v [B, Hkv, S, D*] where the bool mask [T, S] allows; the query heads of each KV head
+    become extra query rows (no K/V copies)."""
+    t, group = q.shape[2], q.shape[1] // k.shape[1]
+    queries = q.unflatten(1, (k.shape[1], group)).flatten(2, 3)  # [B, Hkv, G*T, D]
+    scores = softcap_scores(queries @ k.transpose(-1, -2) * scale, softcap)
+    scores = scores.masked_fill(~allowed.repeat(group, 1), float("-inf"))
+    out = scores.softmax(-1) @ v
+    return out.unflatten(2, (group, t)).flatten(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
     """Causal attention over the cache: q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv] -> [B, Hq, T, Dv].
 
     Hq must be a multiple of Hkv (grouped-query attention). The T queries are the newest T of the S
-    cache slots (bottom-right causal); `window` > 0 limits each query to the last `window` slots.
+    cache slots (bottom-right causal); `spec.window` > 0 limits each query to the last `window` slots; a
+    soft-capped layer takes the explicit path, every other one SDPA.
     """
     q_len, kv_len = q.shape[2], k.shape[2]
+    scale, window = spec.scale, spec.window
+    if spec.softcap > 0:
+        return explicit_attention(q, k, v, newest_mask(q_len, kv_len, window, q.device), scale, spec.softcap)
     gqa = q.shape[1] != k.shape[1]
     if q_len == 1 and (window <= 0 or kv_len <= window):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
@@ -67,17 +107,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, w
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
-def cached_attention(q, k, v, past_k: torch.Tensor | None, past_v: torch.Tensor | None, scale: float, window: int):
+def cached_attention(q, k, v, past_k: torch.Tensor | None, past_v: torch.Tensor | None, spec: AttentionSpec):
     """KV update + causal attention: (output, all keys, all values); past_k, past_v may be None."""
     keys, values = kv_update(past_k, k), kv_update(past_v, v)
-    return attention(q, keys, values, scale, window), keys, values
+    return attention(q, keys, values, spec), keys, values
 
 
-def latent_attention(q, row, past_rows: torch.Tensor | None, latent_dim: int, scale: float, window: int):
+def latent_attention(q, row, past_rows: torch.Tensor | None, latent_dim: int, spec: AttentionSpec):
     """MLA's attention over its latent cache: keys are the rows [B, 1, S, latent | rope], values the rows'
     first `latent_dim` columns. Returns (output [B, H, T, latent_dim], all rows)."""
     rows = kv_update(past_rows, row)
-    return attention(q, rows, rows[..., :latent_dim], scale, window), rows
+    return attention(q, rows, rows[..., :latent_dim], spec), rows
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,8 +140,12 @@ def quant_linear(x, qweight, scales, bias, bits: int, zero_points=None) -> torch
 # ---- custom ops: the same math as single graph nodes for exporters ---------------------------------
 
 
-def masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def masked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float = 0.0
+) -> torch.Tensor:
     """Attention of q [B, Hq, T, D] over k/v [B, Hkv, S, D*] where the bool mask [T, S] allows (GQA when Hq > Hkv)."""
+    if softcap > 0:
+        return explicit_attention(q, k, v, mask, scale, softcap)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -115,40 +159,47 @@ def _cached_attention_op(
     mask: torch.Tensor | None,
     scale: float,
     window: int,
+    softcap: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`mask`: causal_mask's [T, S] for a sliding window (None: plain causal, bottom-right aligned)."""
-    out, keys, values = cached_attention(q, k, v, past_k, past_v, scale, window)
+    out, keys, values = cached_attention(q, k, v, past_k, past_v, AttentionSpec(scale, window, softcap))
     return out, keys.clone(), values.clone()
 
 
 @_cached_attention_op.register_fake
-def _(q, k, v, past_k, past_v, mask, scale, window):
+def _(q, k, v, past_k, past_v, mask, scale, window, softcap):
     keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
     return q.new_empty(*q.shape[:3], v.shape[3]), keys, values
 
 
 @torch.library.custom_op("omnicoder::latent_attention", mutates_args=())
 def _latent_attention_op(
-    q: torch.Tensor, row: torch.Tensor, past_rows: torch.Tensor, mask: torch.Tensor, latent_dim: int, scale: float
+    q: torch.Tensor,
+    row: torch.Tensor,
+    past_rows: torch.Tensor,
+    mask: torch.Tensor,
+    latent_dim: int,
+    scale: float,
+    softcap: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = kv_update(past_rows, row)
-    return masked_sdpa(q, rows, rows[..., :latent_dim], mask, scale), rows.clone()
+    return masked_sdpa(q, rows, rows[..., :latent_dim], mask, scale, softcap), rows.clone()
 
 
 @_latent_attention_op.register_fake
-def _(q, row, past_rows, mask, latent_dim, scale):
+def _(q, row, past_rows, mask, latent_dim, scale, softcap):
     return q.new_empty(*q.shape[:3], latent_dim), torch.cat((past_rows, row), dim=2)
 
 
 @torch.library.custom_op("omnicoder::masked_attention", mutates_args=())
 def _masked_attention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float
 ) -> torch.Tensor:
-    return masked_sdpa(q, k, v, mask, scale)
+    return masked_sdpa(q, k, v, mask, scale, softcap)
 
 
 @_masked_attention_op.register_fake
-def _(q, k, v, mask, scale):
+def _(q, k, v, mask, scale, softcap):
     return q.new_empty(*q.shape[:3], v.shape[3])
 
 

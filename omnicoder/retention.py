@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omnicoder.kv_slot import KVSlot
 from omnicoder.model import OmniCoder
+from omnicoder.ops import AttentionSpec, softcap_scores
 
 
 @dataclass
@@ -34,29 +36,30 @@ class RetentionTraining:
     seed: int = 0
 
 
-class AttentionRecorder:
+class AttentionRecorder(KVSlot):
     """A full-sequence `past` for one layer that attends explicitly and records the probabilities."""
 
     def __init__(self) -> None:
         self.probs: torch.Tensor | None = None  # [B, H, T, T]
 
-    def _attend(self, q, k, v, scale: float, window: int):
+    def _attend(self, q, k, v, spec: AttentionSpec):
         t = q.shape[2]
         if k.shape[1] != q.shape[1]:
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
         causal = torch.ones(t, t, dtype=torch.bool).tril()
-        if window > 0:
-            causal &= ~torch.ones(t, t, dtype=torch.bool).tril(-window)
-        probs = (q @ k.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
+        if spec.window > 0:
+            causal &= ~torch.ones(t, t, dtype=torch.bool).tril(-spec.window)
+        scores = softcap_scores(q @ k.transpose(-1, -2) * spec.scale, spec.softcap)
+        probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)
         self.probs = probs
         return probs @ v
 
-    def attend(self, q, k, v, scale: float, window: int):
-        return self._attend(q, k, v, scale, window), k, v
+    def attend(self, q, k, v, spec: AttentionSpec):
+        return self._attend(q, k, v, spec), k, v
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int):
-        return self._attend(q, row, row[..., :latent_dim], scale, window), row
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec):
+        return self._attend(q, row, row[..., :latent_dim], spec), row
 
 
 def attention_received(probs: list[torch.Tensor], horizon: int, min_distance: int = 1) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from omnicoder.kv_slot import KVSlot
 from omnicoder.model import OmniCoder
-from omnicoder.ops import causal_mask
+from omnicoder.ops import AttentionSpec, causal_mask, explicit_attention
 
 
 class StaticKVSlot(KVSlot):
@@ -41,17 +41,20 @@ class StaticKVSlot(KVSlot):
         cache[:, :, self.input_pos] = new
         return cache
 
-    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
+        if spec.softcap > 0:
+            return explicit_attention(q, k, v, self.mask(spec.window), spec.scale, spec.softcap)
         gqa = q.shape[1] != k.shape[1]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(window), scale=scale, enable_gqa=gqa)
+        mask = self.mask(spec.window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=spec.scale, enable_gqa=gqa)
 
-    def attend(self, q, k, v, scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attend(self, q, k, v, spec: AttentionSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keys, values = self.update(self.key, k), self.update(self.value, v)
-        return self.sdpa(q, keys, values, scale, window), keys, values
+        return self.sdpa(q, keys, values, spec), keys, values
 
-    def attend_latent(self, q, row, latent_dim: int, scale: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend_latent(self, q, row, latent_dim: int, spec: AttentionSpec) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.update(self.key, row)
-        return self.sdpa(q, rows, rows[..., :latent_dim], scale, window), rows
+        return self.sdpa(q, rows, rows[..., :latent_dim], spec), rows
 
 
 class StaticCacheDecoder(nn.Module):
