@@ -23,7 +23,7 @@ final class ChatModel: ObservableObject {
     var maxNewTokens = 256
     private var conversation: Conversation?
     private var session: ModelSession?
-    private var tokenizer: ByteTokenizer?
+    private var tokenizer: (any TextTokenizer)?
     private var pagingNote = ""
     private let stopFlag = StopFlag()
 

@@ -44,6 +44,8 @@ public struct Manifest {
     public let kv: [String: Any]
     public let tokenizerFile: String
     public let tokenizerType: String
+    public let tokenizerAddBos: Bool
+    public let stopIds: [Int]
     public let sidecars: [String: String]
     public let files: [String: FileEntry]
 
@@ -84,6 +86,8 @@ public struct Manifest {
         self.kv = kv
         self.tokenizerFile = tokFile
         self.tokenizerType = tokType
+        self.tokenizerAddBos = tok["add_bos"] as? Bool ?? true
+        self.stopIds = tok["stop_ids"] as? [Int] ?? [model.eosId]
         self.sidecars = side
         self.files = files
     }
@@ -105,11 +109,36 @@ public struct Bundle {
         return object
     }
 
-    public func tokenizer() throws -> ByteTokenizer {
-        guard manifest.tokenizerType == ByteTokenizer.type else {
-            throw BundleError(kind: .invalid, message: "the app supports only omnicoder-byte tokenizers")
+    public static let hfType = "huggingface"
+
+    /// The bundle's tokenizer: omnicoder-byte, or a Hugging Face tokenizer.json (byte-level BPE, HfTokenizer).
+    public func tokenizer() throws -> any TextTokenizer {
+        let name = manifest.tokenizerFile
+        let m = manifest.model
+        let tok: any TextTokenizer
+        switch manifest.tokenizerType {
+        case ByteTokenizer.type: tok = try ByteTokenizer.fromJSON(Data(contentsOf: try file(name)))
+        case Bundle.hfType:
+            do {
+                let hf = try HfTokenizer(json: Data(contentsOf: try file(name)))
+                tok = BundleHfTokenizer(
+                    hf: hf, bosId: m.bosId, eosId: m.eosId, addsBos: manifest.tokenizerAddBos, stopIds: manifest.stopIds)
+            } catch let error as TokenizerError {
+                throw BundleError(kind: .invalid, message: "bundle tokenizer \(name) cannot be used: \(error.message)")
+            }
+        default:
+            throw BundleError(
+                kind: .invalid,
+                message: "tokenizer type \(manifest.tokenizerType) is not supported (the app reads "
+                    + "\(ByteTokenizer.type) and \(Bundle.hfType))")
         }
-        return try ByteTokenizer.fromJSON(Data(contentsOf: try file(manifest.tokenizerFile)))
+        if tok.vocabSize > m.vocabSize {
+            throw BundleError(
+                kind: .invalid,
+                message: "bundle tokenizer \(name) has \(tok.vocabSize) tokens, more than model.vocab_size "
+                    + "\(m.vocabSize); re-export the bundle")
+        }
+        return tok
     }
 
     public func kvLayout() throws -> KvLayout { try KvLayout(kv: manifest.kv, nLayers: manifest.model.nLayers) }
