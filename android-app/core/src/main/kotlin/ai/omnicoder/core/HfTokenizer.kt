@@ -62,8 +62,11 @@ class HfTokenizer private constructor(spec: JSONObject) {
             }
             if (piece.isEmpty()) continue
             for ((part, partId) in normalizedMatcher.split(normalize(piece))) {
-                if (partId != null) out.add(partId)
-                else if (part.isNotEmpty()) for (word in preTokenizer.split(listOf(part))) model.tokenize(word).forEach { out.add(it) }
+                if (partId != null) {
+                    out.add(partId)
+                } else if (part.isNotEmpty()) {
+                    for (word in preTokenizer.split(listOf(part))) model.tokenize(word).forEach { out.add(it) }
+                }
             }
         }
         val ids = out.toIntArray()
@@ -75,27 +78,8 @@ class HfTokenizer private constructor(spec: JSONObject) {
         return decoder?.chain(tokens)?.joinToString("") ?: tokens.joinToString(" ")
     }
 
-    /**
-     * Text as tokens arrive, like omnicoder/tokenizer.py's incremental decoder: the decoding of the tokens since the
-     * last emitted piece, held back while it ends with U+FFFD (an incomplete character).
-     */
-    fun streamDecoder(skipSpecialTokens: Boolean = true): StreamDecoder = object : StreamDecoder {
-        private val pending = ArrayList<Int>()
-
-        override fun push(tokenId: Int): String {
-            pending.add(tokenId)
-            val text = decode(pending.toIntArray(), skipSpecialTokens)
-            if (text.endsWith("\uFFFD")) return ""
-            pending.clear()
-            return text
-        }
-
-        override fun flush(): String {
-            val text = decode(pending.toIntArray(), skipSpecialTokens)
-            pending.clear()
-            return text
-        }
-    }
+    /** Text as tokens arrive (HfStreamDecoder); special tokens skipped unless asked. */
+    fun streamDecoder(skipSpecialTokens: Boolean = true): StreamDecoder = HfStreamDecoder(this, skipSpecialTokens)
 
     companion object {
         fun fromJson(text: String): HfTokenizer = try {
@@ -103,5 +87,27 @@ class HfTokenizer private constructor(spec: JSONObject) {
         } catch (e: JSONException) {
             throw TokenizerException("tokenizer.json is malformed (${e.message}); re-export the bundle")
         }
+    }
+}
+
+/**
+ * Text as tokens arrive, like omnicoder/tokenizer.py's incremental decoder: the decoding of the tokens since the
+ * last emitted piece, held back while it ends with U+FFFD (an incomplete character).
+ */
+class HfStreamDecoder(private val tokenizer: HfTokenizer, private val skipSpecialTokens: Boolean) : StreamDecoder {
+    private val pending = ArrayList<Int>()
+
+    override fun push(tokenId: Int): String {
+        pending.add(tokenId)
+        val text = tokenizer.decode(pending.toIntArray(), skipSpecialTokens)
+        if (text.endsWith("\uFFFD")) return ""
+        pending.clear()
+        return text
+    }
+
+    override fun flush(): String {
+        val text = tokenizer.decode(pending.toIntArray(), skipSpecialTokens)
+        pending.clear()
+        return text
     }
 }
