@@ -210,3 +210,66 @@ def test_gemma2_without_softcaps_and_layer_types(family_root):
     assert config.pop("layer_types") == LAYER_PAIR * 2
     (directory / "config.json").write_text(json.dumps(config))
     assert _parity(hf_model, directory, seq=24) <= 1e-4
+
+
+def _greedy_transformers(hf_model, prompt: list[int], steps: int) -> list[int]:
+    hf_model.generation_config.eos_token_id = None  # exactly `steps` tokens
+    with torch.no_grad():
+        ids = hf_model.generate(
+            torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=2
+        )
+    return ids[0, len(prompt) :].tolist()
+
+
+# transformers' Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache once, when the sequence first
+# passes original_max_position_embeddings, and re-prefills everything with the long factors; our runners keep the
+# keys cached with the short factors (transformers' forward semantics, test_longrope_decode_matches_transformers_cache)
+PHI_REPREFILL = pytest.mark.xfail(
+    reason="transformers' Phi-3 generate re-prefills the cache with long factors at the longrope switch", strict=False
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=PHI_REPREFILL) if f.startswith("phi") else f for f in FAMILIES]
+)
+def test_onnx_export_generates_transformers_tokens(family, family_root):
+    """fp32 ONNX greedy == transformers greedy, prompt + 30 tokens: past the window and longrope's switch."""
+    from omnicoder.export.cli import main as export_main
+
+    from .conftest import greedy_onnx
+
+    directory = family_root / f"onnx-{family}"
+    hf_model = make_family_model(family, directory, seed=3)
+    out = family_root / f"onnx-bundle-{family}"
+    assert export_main(["--model", f"hf:{directory}", "--weights", "fp32", "--out", str(out)]) == 0
+    prompt = [0, 40, 41, 42, 43, 44, 45, 46]
+    assert greedy_onnx(out, prompt, 30) == _greedy_transformers(hf_model, prompt, 30)
+
+
+@pytest.mark.parametrize("family", ["phi3.5", "phi4-mini"])
+def test_longrope_decode_matches_transformers_cache(family, family_root):
+    """Token by token through the KV cache across the switch (positions 0..39, original 32): our decode steps
+    equal transformers' forward with its DynamicCache (short factors before the switch, long ones after)."""
+    from transformers import DynamicCache
+
+    from omnicoder.generate import TorchBackend
+
+    directory = family_root / f"decode-{family}"
+    hf_model = make_family_model(family, directory, seed=3)
+    ours, _ = load_model_and_tokenizer(f"hf:{directory}")
+    backend, cache = TorchBackend(ours), DynamicCache()
+    backend.reset()
+    torch.manual_seed(0)
+    seq = torch.randint(3, VOCAB, (40,)).tolist()
+    with torch.no_grad():
+        expected = hf_model(torch.tensor([seq[:8]]), past_key_values=cache, use_cache=True).logits[0, -1]
+        worst = float(abs(torch.as_tensor(backend.step(seq[:8], list(range(8)))) - expected).max())
+        for p in range(8, 40):
+            position = torch.tensor([p])
+            out = hf_model(
+                torch.tensor([[seq[p]]]), past_key_values=cache, position_ids=position[None], cache_position=position
+            )
+            got = torch.as_tensor(backend.step([seq[p]], [p]))
+            worst = max(worst, float(abs(got - out.logits[0, -1]).max()))
+    assert worst <= 1e-4
