@@ -48,4 +48,9 @@ def write_tokenizer_files(directory: Path, tokenizer_json: str, config: OmniCode
     if template:
         (directory / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
         section["chat_template"] = CHAT_TEMPLATE_FILE
+        from omnicoder.export.chat_format import bundle_chat_format  # role pieces for the apps (docs/apps.md)
+
+        fmt = bundle_chat_format(str(tokenizer_json), template, config.bos_id, config.eos_id)
+        if fmt is not None:
+            section["chat_format"] = fmt
     return section

@@ -357,7 +357,8 @@ def test_manifest_records_add_bos_stop_ids_and_template(chat_model):
     _, imported = load_model_and_tokenizer(f"hf:{directory}")
     assert (imported.add_bos, imported.stop_ids, imported.chat_template) == (False, STOPS, TEMPLATE)
     bundle = open_bundle(bundle_dir)
-    section = bundle.manifest["tokenizer"]
+    section = dict(bundle.manifest["tokenizer"])
+    assert section.pop("chat_format")["generation_prompt"] == "assistant:"  # role pieces for the apps
     assert section == {
         "file": "tokenizer.json",
         "type": "huggingface",

@@ -17,6 +17,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from gen_chat_format import chat_format_vectors  # noqa: E402
 from gen_hf_tokenizer import compact, hf_tokenizer_vectors  # noqa: E402
 from gen_kv import _fake_presents, kv_layout_vectors, paging_vectors  # noqa: E402, F401
 from gen_retention import retention_vectors, sidecar_policy  # noqa: E402, F401
@@ -201,6 +202,7 @@ def build_all() -> dict[str, bytes]:
         "decode_loop.json": dumps(decode_loop_vectors()).encode(),
         "retention.json": dumps(retention_vectors()).encode(),
         "hf_tokenizer.json": (compact(hf_tokenizer_vectors()) + "\n").encode(),
+        "chat_format.json": dumps(chat_format_vectors()).encode(),
     }
     out.update(bundle_vectors())
     return out

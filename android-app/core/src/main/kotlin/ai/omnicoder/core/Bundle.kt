@@ -35,6 +35,9 @@ class Manifest(val json: JSONObject) {
     val tokenizerType: String
     val tokenizerAddBos: Boolean
     val stopIds: List<Int>
+
+    /** The chat template's role pieces (`tokenizer.chat_format`), null without a template the exporter described. */
+    val chatFormat: ChatFormat?
     val sidecars: Map<String, String>
     val files: Map<String, FileEntry>
 
@@ -54,6 +57,7 @@ class Manifest(val json: JSONObject) {
             tokenizerAddBos = tok.optBoolean("add_bos", true)
             val stops = tok.optJSONArray("stop_ids")
             stopIds = if (stops == null) listOf(model.eosId) else (0 until stops.length()).map { stops.getInt(it) }
+            chatFormat = ChatFormat.fromJson(tok.optJSONObject("chat_format"))
             val side = json.getJSONObject("sidecars")
             sidecars = side.keys().asSequence().associateWith { side.getString(it) }
             val f = json.getJSONObject("files")
@@ -115,6 +119,9 @@ class Bundle(val root: File, val manifest: Manifest) {
         }
         return tok
     }
+
+    /** Prompt ids for each chat turn: the bundle's chat format over its tokenizer (plain text without one). */
+    fun prompter(): ChatPrompter = ChatPrompter(tokenizer(), manifest.chatFormat)
 
     fun kvLayout(): KvLayout = KvLayout(manifest.kv, manifest.model.nLayers)
 

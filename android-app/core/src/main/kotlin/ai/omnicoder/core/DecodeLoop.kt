@@ -34,16 +34,29 @@ class ContextFullException(message: String) : Exception(message)
 /**
  * A chat over one model session: the first turn prefills from position 0 (the loop of runtimes/decode_loop.py);
  * each later turn keeps the KV cache and feeds only the token sampled last (never fed yet) and the new prompt.
+ * Any of `stopIds` ends a turn; with `feedStopToken` false such a token is not fed at the next turn (a chat
+ * format's `assistant.suffix` writes the end of the turn, as the template does).
  */
 class Conversation(
     private val session: ModelSession,
     private val sampler: Sampler,
-    private val eosId: Int,
+    stopIds: Collection<Int>,
+    private val feedStopToken: Boolean = true,
     private val clock: () -> Long = System::nanoTime,
 ) {
+    /** Stops at `eosId` only and feeds it at the next turn (the byte models' plain continuation). */
+    constructor(session: ModelSession, sampler: Sampler, eosId: Int, clock: () -> Long = System::nanoTime) :
+        this(session, sampler, listOf(eosId), true, clock)
+
+    /** Every id that ends generation (EOS, end of turn, ...). */
+    val stopIds: Set<Int> = stopIds.toSet()
+
     /** The last sampled token, not yet in the cache; null before the first turn. */
     var pending: Int? = null
         private set
+
+    /** True after a first turn: the next generate continues the KV cache. */
+    val started: Boolean get() = pending != null
 
     fun reset() {
         session.reset()
@@ -59,7 +72,10 @@ class Conversation(
         require(promptIds.isNotEmpty() || pending != null) { "the first turn needs a non-empty prompt" }
         val context = session.contextLength
         val carried = pending
-        var ids = if (carried == null) promptIds else intArrayOf(carried) + promptIds
+        // a stop token is dropped when the caller's prompt writes the end of the turn itself (chat formats)
+        val feed = carried != null && (feedStopToken || carried !in stopIds)
+        var ids = if (feed) intArrayOf(carried!!) + promptIds else promptIds
+        require(ids.isNotEmpty()) { "a turn needs a non-empty prompt" }
         if (carried == null) session.reset()
         val start = session.cacheLength
         if (start + ids.size > context) {
@@ -83,7 +99,7 @@ class Conversation(
                 prefill = (now - t0) / 1e9
                 t0 = now
             }
-            if (token == eosId) {
+            if (token in stopIds) {
                 reason = StopReason.EOS
                 break
             }
