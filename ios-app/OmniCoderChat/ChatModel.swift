@@ -21,9 +21,10 @@ final class ChatModel: ObservableObject {
 
     var sampling = SamplingParams(temperature: 0.7, topK: 40, topP: 0.95, seed: 0)
     var maxNewTokens = 256
+    var systemPrompt = ""
     private var conversation: Conversation?
     private var session: ModelSession?
-    private var tokenizer: (any TextTokenizer)?
+    private var prompter: ChatPrompter?
     private var pagingNote = ""
     private let stopFlag = StopFlag()
 
@@ -40,8 +41,11 @@ final class ChatModel: ObservableObject {
                 pagingNote = kvNote.isEmpty ? note : "\(note) (\(kvNote))"
             }
             self.session = session
-            tokenizer = try bundle.tokenizer()
-            conversation = Conversation(session: session, sampler: try Sampler(sampling), eosId: bundle.manifest.model.eosId)
+            let prompter = try bundle.prompter()  // the bundle's chat format, plain text without one
+            self.prompter = prompter
+            conversation = Conversation(
+                session: session, sampler: try Sampler(sampling), stopIds: prompter.tokenizer.stopIds,
+                feedStopToken: prompter.feedsStopToken)
             status = "\(bundle.manifest.model.name) ready"
             ready = true
             memory = memoryLine()
@@ -59,13 +63,15 @@ final class ChatModel: ObservableObject {
     }
 
     func send(_ text: String) {
-        guard let chat = conversation, let tok = tokenizer, !generating, !text.isEmpty else { return }
+        guard let chat = conversation, let prompter, !generating, !text.isEmpty else { return }
         stopFlag.value = false
-        let firstTurn = chat.pending == nil
+        let firstTurn = !chat.started
         messages += [Message(fromUser: true, text: text), Message(fromUser: false, text: "")]
         generating = true
         error = nil
-        let ids = tok.encode(firstTurn ? text : "\n" + text, addBos: firstTurn)
+        // first turn: preamble or system message + user turn + generation prompt; later: the rest of the turn
+        let ids = prompter.ids(text, firstTurn: firstTurn, systemPrompt: systemPrompt)
+        let tok = prompter.tokenizer
         let maxNew = maxNewTokens
         let flag = stopFlag
         Task.detached(priority: .userInitiated) { [weak self] in

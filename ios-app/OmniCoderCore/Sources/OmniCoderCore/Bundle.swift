@@ -46,6 +46,8 @@ public struct Manifest {
     public let tokenizerType: String
     public let tokenizerAddBos: Bool
     public let stopIds: [Int]
+    /// The chat template's role pieces (`tokenizer.chat_format`), nil without a template the exporter described.
+    public let chatFormat: ChatFormat?
     public let sidecars: [String: String]
     public let files: [String: FileEntry]
 
@@ -88,6 +90,7 @@ public struct Manifest {
         self.tokenizerType = tokType
         self.tokenizerAddBos = tok["add_bos"] as? Bool ?? true
         self.stopIds = tok["stop_ids"] as? [Int] ?? [model.eosId]
+        self.chatFormat = try ChatFormat.from(json: tok["chat_format"])
         self.sidecars = side
         self.files = files
     }
@@ -110,6 +113,9 @@ public struct Bundle {
     }
 
     public static let hfType = "huggingface"
+
+    /// Prompt ids for each chat turn: the bundle's chat format over its tokenizer (plain text without one).
+    public func prompter() throws -> ChatPrompter { ChatPrompter(tokenizer: try tokenizer(), format: manifest.chatFormat) }
 
     /// The bundle's tokenizer: omnicoder-byte, or a Hugging Face tokenizer.json (byte-level BPE, HfTokenizer).
     public func tokenizer() throws -> any TextTokenizer {

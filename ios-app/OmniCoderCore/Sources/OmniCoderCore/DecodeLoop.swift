@@ -44,15 +44,32 @@ public struct EmptyPromptError: Error, CustomStringConvertible {
 public final class Conversation {
     private let session: ModelSession
     private let sampler: Sampler
-    private let eosId: Int
+    /// Every id that ends generation (EOS, end of turn, ...).
+    public let stopIds: Set<Int>
+    private let feedStopToken: Bool
     private let clock: () -> Double
     /// The last sampled token, not yet in the cache; nil before the first turn.
     public private(set) var pending: Int?
+    /// True after a first turn: the next generate continues the KV cache.
+    public var started: Bool { pending != nil }
 
-    public init(session: ModelSession, sampler: Sampler, eosId: Int, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
+    /// Stops at `eosId` only and feeds it at the next turn (the byte models' plain continuation).
+    public convenience init(
+        session: ModelSession, sampler: Sampler, eosId: Int, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }
+    ) {
+        self.init(session: session, sampler: sampler, stopIds: [eosId], feedStopToken: true, clock: clock)
+    }
+
+    /// With `feedStopToken` false a stop token is not fed at the next turn (a chat format's `assistant.suffix` writes
+    /// the end of the turn, as the template does).
+    public init(
+        session: ModelSession, sampler: Sampler, stopIds: [Int], feedStopToken: Bool,
+        clock: @escaping () -> Double = { Date().timeIntervalSince1970 }
+    ) {
         self.session = session
         self.sampler = sampler
-        self.eosId = eosId
+        self.stopIds = Set(stopIds)
+        self.feedStopToken = feedStopToken
         self.clock = clock
     }
 
@@ -68,7 +85,9 @@ public final class Conversation {
             throw EmptyPromptError()
         }
         let context = session.contextLength
-        var ids = pending.map { [$0] + prompt } ?? prompt
+        var ids = prompt
+        if let carried = pending, feedStopToken || !stopIds.contains(carried) { ids = [carried] + prompt }
+        guard !ids.isEmpty else { throw EmptyPromptError() }
         if pending == nil { try session.reset() }
         let start = session.cacheLength
         guard start + ids.count <= context else {
@@ -92,7 +111,7 @@ public final class Conversation {
                 prefill = now - t0
                 t0 = now
             }
-            if token == eosId {
+            if stopIds.contains(token) {
                 reason = .eos
                 break
             }

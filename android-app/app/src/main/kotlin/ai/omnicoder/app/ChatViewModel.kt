@@ -1,10 +1,10 @@
 package ai.omnicoder.app
 
 import ai.omnicoder.core.Bundle
+import ai.omnicoder.core.ChatPrompter
 import ai.omnicoder.core.Conversation
 import ai.omnicoder.core.Sampler
 import ai.omnicoder.core.SamplingParams
-import ai.omnicoder.core.TextTokenizer
 import android.app.Application
 import androidx.lifecycle.AndroidViewModel
 import androidx.lifecycle.viewModelScope
@@ -34,11 +34,12 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
     private val stop = AtomicBoolean(false)
     private var session: OrtModelSession? = null
     private var conversation: Conversation? = null
-    private var tokenizer: TextTokenizer? = null
+    private var prompter: ChatPrompter? = null
     private var pagingNote = ""
 
     var sampling = SamplingParams(temperature = 0.7, topK = 40, topP = 0.95, seed = 0)
     var maxNewTokens = 256
+    var systemPrompt = ""
 
     init {
         viewModelScope.launch(Dispatchers.IO) {
@@ -67,8 +68,9 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
             else -> paging
         }
         session = s
-        tokenizer = bundle.tokenizer()
-        conversation = Conversation(s, Sampler(sampling), bundle.manifest.model.eosId)
+        val p = bundle.prompter() // the bundle's chat format (role pieces rendered at export), plain text without one
+        prompter = p
+        conversation = Conversation(s, Sampler(sampling), p.tokenizer.stopIds, p.feedsStopToken)
         _state.update { it.copy(status = "${bundle.manifest.model.name} ready", ready = true, memory = memoryLine()) }
     }
 
@@ -81,17 +83,18 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
 
     fun send(text: String) {
         val chat = conversation ?: return
-        val tok = tokenizer ?: return
+        val p = prompter ?: return
         if (_state.value.generating || text.isEmpty()) return
         stop.set(false)
-        val firstTurn = chat.pending == null
+        val firstTurn = !chat.started
         _state.update {
             it.copy(generating = true, error = null, messages = it.messages + Message(true, text) + Message(false, ""))
         }
         viewModelScope.launch(Dispatchers.Default) {
-            val decoder = tok.streamDecoder()
+            val decoder = p.tokenizer.streamDecoder()
             try {
-                val ids = tok.encode(if (firstTurn) text else "\n$text", addBos = firstTurn)
+                // first turn: preamble or system message + user turn + generation prompt; later: the rest of the turn
+                val ids = p.ids(text, firstTurn, systemPrompt)
                 val result = chat.generate(ids, maxNewTokens, shouldStop = { stop.get() }) { token ->
                     val piece = decoder.push(token)
                     if (piece.isNotEmpty()) appendToReply(piece)
