@@ -1,10 +1,21 @@
-// Platform-free core: manifest + checksums, byte tokenizer, sampling, KV paging, decode loop.
+// Platform-free core: manifest + checksums, tokenizers, chat formats, sampling, KV paging, decode loop.
+import org.jetbrains.kotlin.gradle.dsl.JvmTarget
+
 plugins {
     id("org.jetbrains.kotlin.jvm")
 }
 
+// No toolchain request: the JDK that runs Gradle compiles it (Android Studio's bundled JBR 17 or 21 both work),
+// producing Java 17 bytecode like the app module.
 java {
-    toolchain.languageVersion.set(JavaLanguageVersion.of(17))
+    sourceCompatibility = JavaVersion.VERSION_17
+    targetCompatibility = JavaVersion.VERSION_17
+}
+
+kotlin {
+    compilerOptions {
+        jvmTarget.set(JvmTarget.JVM_17)
+    }
 }
 
 dependencies {

@@ -33,8 +33,12 @@ final class ChatModel: ObservableObject {
             let bundle = try await Task.detached(priority: .userInitiated) { try BundleLocator.verifiedBundle() }.value
             let (policy, note) = try MemoryInfo.policy(for: bundle)
             // retention (the bundle's model.retention.json, capped by the device's KV budget) replaces paging in stream mode
-            let (session, kvNote) = try CoreMLSessionFactory.make(
-                bundle: bundle, policy: policy, kvBudgetBytes: MemoryInfo.kvBudgetBytes())
+            status = "loading the model"
+            let budget = MemoryInfo.kvBudgetBytes()
+            // compiling / loading Core ML takes seconds: never on the main thread (the compiled model is cached)
+            let (session, kvNote) = try await Task.detached(priority: .userInitiated) {
+                try CoreMLSessionFactory.make(bundle: bundle, policy: policy, kvBudgetBytes: budget)
+            }.value
             if (session as? StreamingSession)?.retention != nil {
                 pagingNote = kvNote
             } else {

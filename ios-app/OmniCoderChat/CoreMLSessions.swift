@@ -18,7 +18,7 @@ enum CoreMLSessionFactory {
         guard #available(iOS 18.0, macOS 15.0, *) else {
             throw BundleError(kind: .invalid, message: "a --kv state bundle needs iOS 18; export with --kv stream for iOS 17")
         }
-        let compiled = try MLModel.compileModel(at: try bundle.file(bundle.manifest.graphFile))
+        let compiled = try CompiledModelCache.compiled(bundle.manifest.graphFile, in: bundle)
         let session = try StatefulSession(bundle: bundle, compiled: compiled, capacity: coreml["max_seq_len"] as? Int)
         let note = sidecar == nil ? "" : "retention sidecar ignored: --kv state keeps the KV in MLState, which cannot evict"
         return (session, note)
@@ -35,7 +35,8 @@ enum CoreMLSessionFactory {
         if let function = entry?["function"] as? String, #available(iOS 18.0, macOS 15.0, *) {
             config.functionName = function
         }
-        return try MLModel(contentsOf: try MLModel.compileModel(at: try bundle.file(file)), configuration: config)
+        // compiled once per bundle (both functions of an iOS 18 package share it), cached across launches
+        return try MLModel(contentsOf: try CompiledModelCache.compiled(file, in: bundle), configuration: config)
     }
 }
 

@@ -3,6 +3,7 @@ package ai.omnicoder.app
 import android.os.Bundle
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.setContent
+import androidx.activity.enableEdgeToEdge
 import androidx.activity.viewModels
 import androidx.compose.foundation.background
 import androidx.compose.foundation.layout.Arrangement
@@ -10,8 +11,8 @@ import androidx.compose.foundation.layout.Column
 import androidx.compose.foundation.layout.Row
 import androidx.compose.foundation.layout.fillMaxSize
 import androidx.compose.foundation.layout.fillMaxWidth
-import androidx.compose.foundation.layout.imePadding
 import androidx.compose.foundation.layout.padding
+import androidx.compose.foundation.layout.safeDrawingPadding
 import androidx.compose.foundation.lazy.LazyColumn
 import androidx.compose.foundation.lazy.items
 import androidx.compose.foundation.lazy.rememberLazyListState
@@ -38,6 +39,7 @@ class MainActivity : ComponentActivity() {
     private val model: ChatViewModel by viewModels()
 
     override fun onCreate(savedInstanceState: Bundle?) {
+        enableEdgeToEdge() // targetSdk 35 draws edge to edge on Android 15 anyway: the screen pads for the insets
         super.onCreate(savedInstanceState)
         setContent {
             MaterialTheme {
@@ -55,7 +57,8 @@ fun ChatScreen(model: ChatViewModel) {
     LaunchedEffect(state.messages.size, state.messages.lastOrNull()?.text?.length) {
         if (state.messages.isNotEmpty()) list.scrollToItem(state.messages.size - 1)
     }
-    Column(Modifier.fillMaxSize().padding(12.dp).imePadding()) {
+    // safeDrawing = status and navigation bars, display cutout and the keyboard (IME)
+    Column(Modifier.fillMaxSize().safeDrawingPadding().padding(12.dp)) {
         Text(state.status, style = MaterialTheme.typography.titleMedium)
         Text(state.stats, style = MaterialTheme.typography.bodySmall)
         Text(state.memory, style = MaterialTheme.typography.bodySmall)
