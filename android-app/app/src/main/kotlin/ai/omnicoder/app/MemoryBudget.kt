@@ -8,17 +8,33 @@ import android.app.ActivityManager
 import android.content.Context
 import java.io.File
 
-/** Sizes the KV window from the device's memory with the bundle's paging sidecar (runtimes/kv_budget.py). */
+/**
+ * The device's memory as the app can use it, and the KV window sized from it (runtimes/kv_budget.py).
+ *
+ * Two figures matter. The weights and ONNX Runtime's buffers are native memory: what the system can still give
+ * before its low-memory killer acts is `availMem - threshold` (not the Java heap's memoryClass / largeMemoryClass,
+ * which bound only the Dalvik heap). The KV rows the core keeps are ByteArrays on the Java heap: they are bounded by
+ * `Runtime.maxMemory()` minus what the heap already holds (largeHeap is set in the manifest).
+ */
 object MemoryBudget {
-    /** Share of the currently available RAM the KV cache may take. */
+    /** Share of the available memory the KV cache may take. */
     private const val KV_SHARE = 0.25
 
-    fun kvBudgetBytes(context: Context): Long {
+    /** Native memory the system can still give this app before it starts killing processes. */
+    fun availableBytes(context: Context): Long {
         val am = context.getSystemService(Context.ACTIVITY_SERVICE) as ActivityManager
         val info = ActivityManager.MemoryInfo().also(am::getMemoryInfo)
-        val perApp = am.largeMemoryClass.toLong() shl 20
-        return (minOf(info.availMem, perApp) * KV_SHARE).toLong()
+        return (info.availMem - info.threshold).coerceAtLeast(0)
     }
+
+    /** Room left on the Java heap, where the core's KV pages and retention rows live. */
+    fun heapFreeBytes(): Long {
+        val rt = Runtime.getRuntime()
+        return rt.maxMemory() - (rt.totalMemory() - rt.freeMemory())
+    }
+
+    fun kvBudgetBytes(context: Context): Long =
+        minOf((availableBytes(context) * KV_SHARE).toLong(), heapFreeBytes() / 2)
 
     /** The paging policy for this device: the whole context when it fits the budget, else sinks + a window. */
     fun policy(context: Context, bundle: Bundle, wantedContext: Int): Pair<PagingPolicy, PagingPlan?> {
@@ -29,10 +45,12 @@ object MemoryBudget {
         return plan.policy(budget.pageLen) to plan
     }
 
-    /** Resident set size of this process in MiB (VmRSS), or -1. */
-    fun rssMb(): Double {
+    /** Resident set size of this process in bytes (VmRSS: native + Java heap + mapped weights in RAM), or -1. */
+    fun rssBytes(): Long {
         val line = runCatching { File("/proc/self/status").readLines().firstOrNull { it.startsWith("VmRSS:") } }.getOrNull()
-        val kb = line?.split(Regex("\\s+"))?.getOrNull(1)?.toDoubleOrNull() ?: return -1.0
-        return kb / 1024.0
+        val kb = line?.split(Regex("\\s+"))?.getOrNull(1)?.toLongOrNull() ?: return -1
+        return kb * 1024
     }
+
+    fun rssMb(): Double = rssBytes() / 1048576.0
 }
