@@ -34,19 +34,22 @@ enum MemoryInfo {
         return (policy, note)
     }
 
-    /// Resident memory of this process in MiB.
-    static func residentMB() -> Double {
+    /// The memory iOS counts against the app's limit (task_vm_info.phys_footprint, what jetsam and Xcode's memory
+    /// gauge use; resident_size also counts clean pages of the mapped weights that iOS can drop), in bytes.
+    static func footprintBytes() -> Int {
         #if canImport(Darwin)
-        var info = mach_task_basic_info()
-        var count = mach_msg_type_number_t(MemoryLayout<mach_task_basic_info>.size / MemoryLayout<natural_t>.size)
+        var info = task_vm_info_data_t()
+        var count = mach_msg_type_number_t(MemoryLayout<task_vm_info_data_t>.size / MemoryLayout<natural_t>.size)
         let result = withUnsafeMutablePointer(to: &info) {
             $0.withMemoryRebound(to: integer_t.self, capacity: Int(count)) {
-                task_info(mach_task_self_, task_flavor_t(MACH_TASK_BASIC_INFO), $0, &count)
+                task_info(mach_task_self_, task_flavor_t(TASK_VM_INFO), $0, &count)
             }
         }
-        return result == KERN_SUCCESS ? Double(info.resident_size) / 1_048_576 : -1
+        return result == KERN_SUCCESS ? Int(info.phys_footprint) : -1
         #else
         return -1
         #endif
     }
+
+    static func footprintMB() -> Double { Double(footprintBytes()) / 1_048_576 }
 }

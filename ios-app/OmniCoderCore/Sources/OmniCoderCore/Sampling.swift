@@ -18,7 +18,7 @@ public struct SplitMix64 {
     public mutating func nextDouble() -> Double { Double(next() >> 11) * 0x1.0p-53 }
 }
 
-public struct SamplingParams: Sendable {
+public struct SamplingParams: Equatable, Sendable {
     public var temperature: Double
     public var topK: Int
     public var topP: Double
