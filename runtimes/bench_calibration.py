@@ -82,11 +82,11 @@ class CalibrationProbe:
 
     def __init__(self, provider: str, threads: int, prefill_rows: int, decode_runs: int, workdir: Path) -> None:
         import onnxruntime as ort
-        from omnicoder.runtimes.onnx_session import session_options
+        from omnicoder.runtimes.onnx_session import resolve_providers, session_options
 
         path = workdir / "calibration_probe.onnx"
         path.write_bytes(probe_model_bytes())
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        providers = resolve_providers(provider)
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         data = np.random.default_rng(0).standard_normal((1, prefill_rows, HIDDEN)).astype(np.float32)
         self.prefill_input, self.decode_input = data, data[:, :1].copy()

@@ -20,7 +20,7 @@ from omnicoder.runtimes.bench_result import ProviderResult
 from omnicoder.runtimes.bench_timing import BenchSettings, measure, warm_up
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.graph_backend import GraphBackend
-from omnicoder.runtimes.onnx_session import OnnxProgram, session_options
+from omnicoder.runtimes.onnx_session import OnnxProgram, resolve_providers, session_options
 from omnicoder.runtimes.stats import peak_rss_mb
 
 LEVELS = {
@@ -32,10 +32,6 @@ LEVELS = {
 NOT_LOCAL = {"AzureExecutionProvider"}  # listed as available by every build, runs nothing locally
 COMPILED_NODES = "contains compiled nodes"
 ORT_ERRORS = graph_checks.ORT_ERRORS + (RuntimeError,)
-
-
-def short_name(provider: str) -> str:
-    return provider.removesuffix("ExecutionProvider")
 
 
 def available_providers() -> list[str]:
@@ -51,23 +47,18 @@ def current_rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _session(bundle: Bundle, provider: str, threads: int, level: str, optimized: Path | None, prefix: str):
-    options = session_options(threads, optimized, LEVELS[level])
-    options.enable_profiling = True
-    options.profile_file_prefix = prefix
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(str(bundle.file(bundle.graph["file"])), options, providers=providers)
-
-
 def build_session(bundle: Bundle, provider: str, threads: int, level: str, optimized: Path, prefix: str):
     """The session, and whether the optimized graph was saved (providers that compile nodes refuse)."""
-    try:
-        return _session(bundle, provider, threads, level, optimized, prefix), True
-    except ORT_ERRORS as exc:
-        if COMPILED_NODES not in str(exc):
-            raise
-    optimized.unlink(missing_ok=True)
-    return _session(bundle, provider, threads, level, None, prefix), False
+    graph = str(bundle.file(bundle.graph["file"]))
+    for path in (optimized, None):  # the second try runs without saving the optimized graph
+        options = session_options(threads, path, LEVELS[level])
+        options.enable_profiling, options.profile_file_prefix = True, prefix
+        try:
+            return ort.InferenceSession(graph, options, providers=resolve_providers(provider)), path is not None
+        except ORT_ERRORS as exc:
+            if path is None or COMPILED_NODES not in str(exc):
+                raise
+        optimized.unlink(missing_ok=True)
 
 
 def bench_provider(
@@ -77,7 +68,7 @@ def bench_provider(
     if provider not in available_providers():
         return ProviderResult(provider, "skipped", reason="not available in this onnxruntime build")
     graphs_dir.mkdir(parents=True, exist_ok=True)
-    optimized = graphs_dir / f"{bundle.path.name}.{short_name(provider)}.{level}.optimized.onnx"
+    optimized = graphs_dir / f"{bundle.path.name}.{provider.removesuffix('ExecutionProvider')}.{level}.optimized.onnx"
     rss_before = current_rss_mb()
     with tempfile.TemporaryDirectory(prefix="omnicoder-bench-") as tmp:
         start = time.perf_counter()
@@ -92,11 +83,8 @@ def bench_provider(
         vocab = bundle.model["vocab_size"]
         warm_up(backend, settings, vocab)  # profiled: which provider ran which node
         by_provider = profile_inventory(session.end_profiling())
-        probe = None
-        if settings.calibrate:
-            probe = CalibrationProbe(
-                provider, settings.threads, settings.prefill_tokens, settings.decode_steps, Path(tmp)
-            )
+        rows, runs = settings.prefill_tokens, settings.decode_steps
+        probe = CalibrationProbe(provider, settings.threads, rows, runs, Path(tmp)) if settings.calibrate else None
         speed = measure(backend, settings, vocab, probe.round if probe else None)
     if saved:
         counts, source = graph_op_counts(optimized), "optimized graph"

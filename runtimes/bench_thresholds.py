@@ -29,7 +29,6 @@ DEFAULT_HISTORY_LIMIT = 200
 # estimate of what the machine does when left alone: an update made during a contended moment cannot lower the
 # floors below what would catch a 3x regression.
 REFERENCE_RUNS = 5
-SPEEDS = (("decode", "min_decode_tok_s", "decode_tok_s"), ("prefill", "min_prefill_tok_s", "prefill_tok_s"))
 KINDS = ("decode", "prefill")
 
 
@@ -82,16 +81,16 @@ def speed_checks(result: ProviderResult, entry: dict | None, key: str) -> list[C
     if ratios is not None:
         return [_ratio_check(result, floor, key, kind, ratios[kind]) for kind in KINDS]
     checks = []
-    for label, field, measured in SPEEDS:
-        value = getattr(result.speed, measured)
+    for kind in KINDS:
+        value, field = getattr(result.speed, f"{kind}_tok_s"), f"min_{kind}_tok_s"
         if floor is None or field not in floor:
             why = "no floor" if floor is None else "only calibrated (ratio) floors"
             note = f"{why} for {key} on this provider; record one with --update-thresholds"
-            checks.append(Check(result.provider, f"{label} tok/s", value, None, note))
+            checks.append(Check(result.provider, f"{kind} tok/s", value, None, note))
         else:
             indicative = not floor.get("measured", False)
             note = "indicative placeholder, not measured on this device class" if indicative else ""
-            checks.append(Check(result.provider, f"{label} tok/s", value, floor[field], note, indicative))
+            checks.append(Check(result.provider, f"{kind} tok/s", value, floor[field], note, indicative))
     return checks
 
 
@@ -139,10 +138,7 @@ def update(document: dict, profile_name: str, results: list[ProviderResult], key
             for h in history
             if (h["provider"], h["model"], h.get("threads")) == (result.provider, key, result.speed.threads)
         ]
-        if result.calibration is not None:
-            floor, line = _ratio_floor(result, runs, margin, host, when)
-        else:
-            floor, line = _rate_floor(result, runs[-REFERENCE_RUNS:], margin, host, when)
+        floor, line = _floor(result, runs, margin, host, when)
         profile["providers"].setdefault(result.provider, {}).setdefault("floors", {})[key] = floor
         lines.append(f"{result.provider} {key}: {line}")
     if not profile["providers"]:  # a new profile with nothing recorded is not kept
@@ -155,51 +151,32 @@ def update(document: dict, profile_name: str, results: list[ProviderResult], key
     return lines
 
 
-def _rate_floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, when: str) -> tuple[dict, str]:
-    """Absolute floors: (1 - margin) x the fastest of the recent runs' tok/s medians."""
-    reference = {
-        "decode_tok_s": max(h["decode_tok_s"] for h in runs),
-        "prefill_tok_s": max(h["prefill_tok_s"] for h in runs),
-        "runs": len(runs),
-        "time": when,
-    }
+def _floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, when: str) -> tuple[dict, str]:
+    """Floors = (1 - margin) x the best of the recent runs: their tok/s medians, or (calibrated) their ratios to the
+    probe (same probe version)."""
+    if result.calibration is not None:
+        version = result.calibration.version
+        runs = [h["calibration"] for h in runs if h.get("calibration", {}).get("version") == version]
+        this, name, extra, best = result.ratios(), "{}_ratio", {"probe_version": version}, "best"
+        on, units = f"(calibrated) on {host.get('cpu') or host['machine']}", ("", " x the calibration probe")
+    else:
+        this = {kind: getattr(result.speed, f"{kind}_tok_s") for kind in KINDS}
+        name, extra, best, on, units = "{}_tok_s", {}, "fastest", f"on {host['machine']}", (" tok/s", " tok/s")
+    runs = runs[-REFERENCE_RUNS:]
+    reference = {name.format(kind): max(h[name.format(kind)] for h in runs) for kind in KINDS}
     floor = {
-        "min_decode_tok_s": round_down(reference["decode_tok_s"] * (1 - margin)),
-        "min_prefill_tok_s": round_down(reference["prefill_tok_s"] * (1 - margin)),
+        **{f"min_{key}": round_down(value * (1 - margin)) for key, value in reference.items()},
+        **extra,
         "measured": True,
-        "source": f"omnicoder-bench --update-thresholds on {host['machine']} ({host['cpus']} CPUs), {when}",
-        "safety_margin": margin,
-        "reference": reference,
-    }
-    line = (
-        f"decode floor {floor['min_decode_tok_s']:g} tok/s, prefill floor {floor['min_prefill_tok_s']:g} tok/s = "
-        f"(1 - {margin:g}) x the fastest of the last {len(runs)} run(s) (decode {reference['decode_tok_s']:g}, "
-        f"prefill {reference['prefill_tok_s']:g}; this run {result.speed.decode_tok_s:g}, "
-        f"{result.speed.prefill_tok_s:g})"
-    )
-    return floor, line
-
-
-def _ratio_floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, when: str) -> tuple[dict, str]:
-    """Calibrated floors: (1 - margin) x the best of the recent runs' ratios to the probe (same probe version)."""
-    version = result.calibration.version
-    runs = [h for h in runs if h.get("calibration", {}).get("version") == version][-REFERENCE_RUNS:]
-    reference = {f"{kind}_ratio": max(h["calibration"][f"{kind}_ratio"] for h in runs) for kind in KINDS}
-    floor = {
-        **{f"min_{kind}_ratio": round_down(reference[f"{kind}_ratio"] * (1 - margin)) for kind in KINDS},
-        "probe_version": version,
-        "measured": True,
-        "source": f"omnicoder-bench --update-thresholds (calibrated) on {host.get('cpu') or host['machine']} "
-        f"({host['cpus']} CPUs), {when}",
+        "source": f"omnicoder-bench --update-thresholds {on} ({host['cpus']} CPUs), {when}",
         "safety_margin": margin,
         "reference": {**reference, "runs": len(runs), "time": when},
     }
-    ratios = result.ratios()
+    decode, prefill = (reference[name.format(kind)] for kind in KINDS)
     line = (
-        f"decode floor {floor['min_decode_ratio']:g}, prefill floor {floor['min_prefill_ratio']:g} x the "
-        f"calibration probe = (1 - {margin:g}) x the best of the last {len(runs)} run(s) (decode "
-        f"{reference['decode_ratio']:g}, prefill {reference['prefill_ratio']:g}; this run {ratios['decode']:g}, "
-        f"{ratios['prefill']:g})"
+        f"decode floor {floor['min_' + name.format('decode')]:g}{units[0]}, prefill floor "
+        f"{floor['min_' + name.format('prefill')]:g}{units[1]} = (1 - {margin:g}) x the {best} of the last "
+        f"{len(runs)} run(s) (decode {decode:g}, prefill {prefill:g}; this run {this['decode']:g}, {this['prefill']:g})"
     )
     return floor, line
 

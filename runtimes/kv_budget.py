@@ -166,10 +166,6 @@ def plan_paging(
     )
 
 
-def min_paged_bytes(layout: PageBudget) -> int:
-    return MIN_PAGED_PAGES * layout.page_bytes
-
-
 def mb(n_bytes: float) -> str:
     """Bytes as MB (MiB), three significant digits (more for tiny models' KiB-sized pages)."""
     value = abs(n_bytes) / MB
@@ -188,20 +184,21 @@ def mb_at_least(n_bytes: float) -> float:
     return math.ceil(value * scale - 1e-9) / scale
 
 
-def paging_sidecar_of(bundle) -> dict:
-    """The bundle's validated model.kv_paging.json, or a one-line error asking for a re-export."""
+def open_for_sizes(path: str, requested_context: int | None):
+    """(bundle, its paging sidecar, --context or the model's context) of a bundle read only for its sizes and that
+    sidecar: the weights are never read."""
+    from omnicoder.runtimes.bundle import open_bundle
+
+    bundle = open_bundle(path, verify=False)
     sidecar = bundle.sidecar("kv_paging")
     if sidecar is None:
         raise OmniCoderError(f"bundle {bundle.path} has no kv_paging sidecar; re-export it with omnicoder-export")
-    return sidecar
-
-
-def context_of(bundle, sidecar: dict, requested: int | None) -> int:
-    """--context, or the model's context length; must be a positive token count."""
-    context = requested if requested is not None else bundle.model.get("context_length") or sidecar["context_length"]
+    context = requested_context
+    if context is None:
+        context = bundle.model.get("context_length") or sidecar["context_length"]
     if context < 1:
         raise OmniCoderError(f"--context must be a positive number of tokens, got {context}")
-    return context
+    return bundle, sidecar, context
 
 
 def weights_bytes(manifest: dict) -> int:

@@ -20,11 +20,9 @@ from omnicoder.runtimes.kv_budget import (
     MIN_PAGED_PAGES,
     PageBudget,
     PagingPlan,
-    context_of,
     mb,
     mb_at_least,
-    min_paged_bytes,
-    paging_sidecar_of,
+    open_for_sizes,
     plan_paging,
 )
 
@@ -65,7 +63,7 @@ def unfit_reason(
             f"{max(1, model_context // (2 * MIN_PAGED_PAGES))} or less"
         )
     if plan is None:
-        need = min_paged_bytes(layout)
+        need = MIN_PAGED_PAGES * layout.page_bytes
         return (
             f"--budget-mb {budget_mb:g} holds {int(budget_mb * MB) // layout.page_bytes} KV page(s) of "
             f"{layout.page_bytes} bytes ({layout.page_len} tokens, kv {layout.kv_dtype}); paging needs at least "
@@ -127,29 +125,22 @@ def print_plan(bundle, layout: PageBudget, plan: PagingPlan | None, context: int
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from omnicoder.runtimes.bundle import open_bundle
-
     if not args.budget_mb > 0:
         raise OmniCoderError(f"--budget-mb must be a positive number of MB, got {args.budget_mb:g}")
-    bundle = open_bundle(args.bundle, verify=False)  # only sizes and the sidecar are read, never the weights
-    sidecar = paging_sidecar_of(bundle)
-    context = context_of(bundle, sidecar, args.context)
+    bundle, sidecar, context = open_for_sizes(args.bundle, args.context)
     layout = PageBudget.from_sidecar(sidecar)
     plan = plan_paging(layout, context, int(args.budget_mb * MB), bundle.model["context_length"])
     reason = unfit_reason(sidecar, layout, plan, context, args.budget_mb, bundle.model["context_length"])
-    shared = bundle.shared_kv
-    if shared:  # --kv-io shared: the buffers grow (doubling) up to the model's whole context and cannot page
-        plan = None
-        need = layout.bytes_at(bundle.model["context_length"])
-        reason = None
+    need = layout.bytes_at(bundle.model["context_length"])
+    if bundle.shared_kv:  # --kv-io shared: the buffers grow (doubling) up to the model's whole context and cannot page
+        plan, reason = None, None
         if need > args.budget_mb * MB:
             reason = (
                 f"this --kv-io shared bundle's KV grows to its whole context: {need} bytes ({mb(need)} MB) > "
                 f"{args.budget_mb:g} MB; re-export it with --kv-io present to page or window the KV cache"
             )
     print_plan(bundle, layout, plan, context, args.budget_mb, sidecar.get("spill_bytes"))
-    if shared:
-        need = layout.bytes_at(bundle.model["context_length"])
+    if bundle.shared_kv:
         print(f"  shared KV buffers: up to {need} bytes at the full context (they double as the run grows)")
     flags = plan.runner_flags(args.budget_mb) if plan is not None and not reason else None
     if flags:

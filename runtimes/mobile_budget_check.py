@@ -16,14 +16,7 @@ import sys
 from pathlib import Path
 
 from omnicoder.runtimes import profile_files
-from omnicoder.runtimes.kv_budget import (
-    MB,
-    PageBudget,
-    context_of,
-    mb,
-    paging_sidecar_of,
-    weights_bytes,
-)
+from omnicoder.runtimes.kv_budget import MB, PageBudget, mb, open_for_sizes, weights_bytes
 from omnicoder.runtimes.kv_format import KV_DTYPES
 
 from omnicoder.cliutil import TOKENS, ArgumentParser
@@ -161,13 +154,10 @@ def build_parser() -> ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from omnicoder.runtimes.bundle import open_bundle
-
     document = load_devices(Path(args.devices) if args.devices else default_path())
     device_of(document, args.device)  # an unknown device fails before the bundle is read
-    bundle = open_bundle(args.bundle, verify=False)  # only sizes and the sidecar are read, never the weights
-    sidecar = paging_sidecar_of(bundle)
-    result = check(bundle, sidecar, document, args.device, context_of(bundle, sidecar, args.context))
+    bundle, sidecar, context = open_for_sizes(args.bundle, args.context)
+    result = check(bundle, sidecar, document, args.device, context)
     print_table(result)
     if args.json:
         print(json.dumps(result))
