@@ -202,7 +202,7 @@ def export_coreml_bundle(
             precision["file_blocks_kept"] = quant.file_blocks
         graph = {
             "file": PACKAGE,
-            "attention_op": "scaled_dot_product_attention" if options.deployment_target == "iOS18" else "decomposed",
+            "attention_op": _attention_op(config, options),
             "inputs": default.inputs,
             "outputs": default.outputs,
             "kv": _kv_section(config, options.kv),
@@ -211,6 +211,7 @@ def export_coreml_bundle(
                 "kv_mode": BUNDLE_KV_MODE[options.kv],
                 "deployment_target": options.deployment_target,
                 "max_seq_len": capacity,
+                "softcapped_layers": config.n_layers if config.attn_logit_softcap > 0 else 0,  # attend without SDPA
                 "functions": [p.name for p in programs],
                 "default_function": default.name,
                 "packages": packages,
@@ -227,6 +228,14 @@ def export_coreml_bundle(
         stages.update(1)
     stages.close()
     return manifest
+
+
+def _attention_op(config: OmniCoderConfig, options: CoreMLExportOptions) -> str:
+    """MIL's scaled_dot_product_attention per layer on iOS18, unless the scores are soft-capped (written out as
+    matmul, tanh, softmax: the MIL op has no cap); iOS17 decomposes it."""
+    if config.attn_logit_softcap > 0:
+        return "decomposed (soft-capped scores)"
+    return "scaled_dot_product_attention" if options.deployment_target == "iOS18" else "decomposed"
 
 
 def state_bytes(config: OmniCoderConfig, capacity: int) -> int:

@@ -53,7 +53,7 @@ def causal_mask(query_pos: torch.Tensor, n_slots, window: int) -> torch.Tensor:
     pos = query_pos.unsqueeze(1)
     allowed = slots <= pos
     if window > 0:
-        allowed = allowed & (pos - slots < window)
+        allowed = torch.logical_and(allowed, pos - slots < window)  # `&` traces to aten.__and__, Core ML has no such op
     return allowed
 
 

@@ -175,8 +175,10 @@ def _check_function(name: str, inv: dict, manifest: dict) -> list[str]:
     layers, weights = model["n_layers"], manifest["precision"]["weights"]
     bad = []
     if coreml["deployment_target"] == "iOS18":
-        if inv["sdpa"] != layers:
-            bad.append(f"{name}: {inv['sdpa']} scaled_dot_product_attention ops, expected one per layer ({layers})")
+        expected = layers - coreml.get("softcapped_layers", 0)  # soft-capped layers attend without SDPA
+        if inv["sdpa"] != expected:
+            what = "one per layer" if expected == layers else f"{expected} (soft-capped layers attend without it)"
+            bad.append(f"{name}: {inv['sdpa']} scaled_dot_product_attention ops, expected {what} ({layers})")
     elif inv["sdpa"]:
         bad.append(f"{name}: scaled_dot_product_attention in an iOS17 program")
     expected_in = [t["name"] for t in coreml["inputs"][name]]
@@ -299,8 +301,9 @@ def bench_provider(bundle, provider: str, entry=None, settings=None, graphs_dir=
     for name, inv in report["functions"].items():
         ops.update({f"{name}/{op}": n for op, n in inv["ops"].items()})
         if report["deployment_target"] == "iOS18":
-            note = f"one per layer ({layers})"
-            checks.append(Check(provider, f"{name}: scaled_dot_product_attention ops", inv["sdpa"], layers, note))
+            expected = layers - bundle.graph["coreml"].get("softcapped_layers", 0)  # those attend without SDPA
+            note = f"one per layer ({layers})" if expected == layers else f"{expected} of {layers} layers (soft-capped)"
+            checks.append(Check(provider, f"{name}: scaled_dot_product_attention ops", inv["sdpa"], expected, note))
         if report["weights"] == "int4":
             note = "linear layers with int4 constexpr_blockwise_shift_scale weights (LM/retention heads stay fp16)"
             checks.append(Check(provider, f"{name}: int4 linear weights", inv["linears"].get("int4", 0), 1, note))
