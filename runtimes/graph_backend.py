@@ -159,10 +159,9 @@ class GraphBackend:
 
     def verify(self, ids: list[int], positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Speculative decoding: one call over the tokens; logits [T, V] and MTP logits [T, n_mtp, V]."""
-        if self.n_mtp == 0:
-            raise OmniCoderError("--speculative needs a model with MTP heads; this bundle has none")
-        result = self._advance(ids, positions, mtp=True)
-        return result["logits"][0], result["mtp_logits"][0]
+        result = self._advance(ids, positions, mtp=self.n_mtp > 0)
+        logits = result["logits"][0]
+        return logits, result["mtp_logits"][0] if self.n_mtp else np.zeros((len(ids), 0, self.vocab), logits.dtype)
 
     def full_logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits for whole windows [B, W] from an empty cache (teacher forcing)."""

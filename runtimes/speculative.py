@@ -1,9 +1,10 @@
-"""Self-speculative decoding with the model's multi-token-prediction heads. Torch-free.
+"""Speculative decoding: drafts from a drafter (runtimes/drafters.py: the MTP heads or prompt-lookup n-grams),
+verified in one model call. Torch-free.
 
-At the last cached position p the LM head gives token p+1 and MTP head j drafts token p+1+j. One call with
-[x, d_1 .. d_k] verifies the drafts: d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)) (target vs draft
-distribution, both through the same temperature / top-k / top-p); on the first rejection a token is drawn from
-the normalized residual max(0, p_i - q_i) and the cache is rolled back (Leviathan et al. 2023; Chen et al. 2023).
+One call with [x, d_1 .. d_k] verifies the drafts: d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i))
+(target vs draft distribution, both through the same temperature / top-k / top-p; a deterministic guess has a
+one-hot q); on the first rejection a token is drawn from the normalized residual max(0, p_i - q_i) and the cache is
+rolled back (Leviathan et al. 2023; Chen et al. 2023).
 
 What holds: a T-token call rounds differently from T one-token calls, so verify rows equal plain decoding's logits
 only up to VERIFY_DISCREPANCY (measured, docs/benchmarks.md). Greedy with fp32/fp16 weights and KV
@@ -14,7 +15,7 @@ precisions, sampling, a KV window, predicted pages or a retention budget: output
 approximately; `exactness_note` is the stderr line a runner prints then.
 
 `Speculation` is a strategy of the one decode loop (runtimes/decode_loop.py, which keeps the prefill, stops, limits
-and stats); a backend adds `verify(ids, positions) -> (logits [T, V], mtp_logits [T, n_mtp, V])` and
+and stats); a backend adds `verify(ids, positions) -> (logits [T, V], mtp_logits [T, n_mtp, V] (n_mtp may be 0))` and
 `truncate(length)`, and may name its `precision` and `paging` / `retention` (none: fp32, no policy).
 """
 
@@ -26,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 from omnicoder.runtimes.decode_loop import Run, StepBackend
+from omnicoder.runtimes.drafters import Drafter, MtpDrafter, NgramDrafter, Proposal
 from omnicoder.runtimes.sampling import Sampler
 
 from omnicoder.errors import OmniCoderError
@@ -108,20 +110,18 @@ def exactness_note(backend, sampler: Sampler, k: int) -> str | None:
     return f"note: --speculative {k} is not exact here because of {'; '.join(caveats)}: {differs} (docs/benchmarks.md)"
 
 
-def draft(sampler: Sampler, logits: np.ndarray) -> tuple[int, np.ndarray]:
-    """A draft token from a head's logits and the distribution it was drawn from."""
-    probs = sampler.probabilities(logits)
-    token = int(np.argmax(probs)) if sampler.greedy else sampler.draw(probs)
-    return token, probs
-
-
-def accept(sampler: Sampler, token: int, target: np.ndarray, proposal: np.ndarray) -> tuple[bool, int]:
-    """The acceptance rule: (accepted, token to emit). On rejection the token comes from the residual."""
+def accept(sampler: Sampler, token: int, target: np.ndarray, proposal: np.ndarray | None) -> tuple[bool, int]:
+    """The acceptance rule: (accepted, token to emit). On rejection the token comes from the residual.
+    `proposal` None: a deterministic guess (q one-hot at `token`)."""
     if sampler.greedy:
         best = int(np.argmax(target))
         return best == token, best
-    if sampler.rng.next_double() * proposal[token] < target[token]:  # u < p/q without dividing by q
+    q = 1.0 if proposal is None else proposal[token]
+    if sampler.rng.next_double() * q < target[token]:  # u < p/q without dividing by q
         return True, token
+    if proposal is None:
+        proposal = np.zeros_like(target)
+        proposal[token] = 1.0
     residual = np.maximum(target - proposal, 0.0)
     total = residual.sum()
     if total <= 0:  # p == q: rejection has probability 0; guard rounding
@@ -135,37 +135,59 @@ def top2_margin(logits: np.ndarray) -> float:
     return float(top[1] - top[0])
 
 
-def check_speculative(k: int, n_mtp: int) -> None:
+DRAFTERS = ("mtp", "ngram")
+
+
+def check_speculative(k: int, n_mtp: int, drafter: str = "mtp") -> None:
     if k < 0:
         raise OmniCoderError(f"--speculative must be >= 0, got {k}")
-    if k > n_mtp:
-        raise OmniCoderError(f"--speculative {k} needs {k} MTP heads but the model has {n_mtp}; use at most {n_mtp}")
+    if drafter not in DRAFTERS:
+        raise OmniCoderError(f"--draft {drafter!r} is unknown; use one of {', '.join(DRAFTERS)}")
+    if drafter == "mtp" and k > n_mtp:
+        hint = "use --draft ngram" if n_mtp == 0 else f"use at most {n_mtp} or --draft ngram"
+        raise OmniCoderError(f"--speculative {k} needs {k} MTP heads but the model has {n_mtp}; {hint}")
+
+
+def default_drafter(n_mtp: int) -> str:
+    """The model's MTP heads where it has some, prompt lookup otherwise."""
+    return "mtp" if n_mtp else "ngram"
 
 
 class Speculation:
-    """The decode loop's strategy for drafting `k` tokens per call with the MTP heads (module doc).
+    """The decode loop's strategy: up to `k` drafts per call from `drafter` ("mtp" or "ngram"; module doc).
 
     tie_margin: the greedy guard; None takes `exactness(backend)`'s, 0 turns it off (sampling never uses it)."""
 
-    def __init__(self, backend: SpeculativeBackend, sampler: Sampler, k: int, tie_margin: float | None = None):
-        check_speculative(k, backend.n_mtp)
+    def __init__(
+        self,
+        backend: SpeculativeBackend,
+        sampler: Sampler,
+        k: int,
+        tie_margin: float | None = None,
+        drafter: str | None = None,
+    ):
+        self.drafter = drafter or default_drafter(backend.n_mtp)
+        check_speculative(k, backend.n_mtp, self.drafter)
         if tie_margin is None:
             tie_margin = exactness(backend).tie_margin
         self.k, self.tie_margin = k, tie_margin if sampler.greedy else 0
 
+    def make_drafter(self) -> Drafter:
+        return MtpDrafter() if self.drafter == "mtp" else NgramDrafter(max_draft=self.k)
+
     def tokens(self, run: Run) -> Iterator[int]:
-        return _Verifier(run, self.k, self.tie_margin).tokens()
+        return _Verifier(run, self.k, self.tie_margin, self.make_drafter()).tokens()
 
 
 class _Verifier:
     """One run's verify calls, and how much of the cache plain decoding would share (`clean`)."""
 
-    def __init__(self, run: Run, k: int, tie_margin: float) -> None:
-        self.run, self.backend, self.k, self.tie_margin = run, run.backend, k, tie_margin
+    def __init__(self, run: Run, k: int, tie_margin: float, drafter: Drafter) -> None:
+        self.run, self.backend, self.k, self.tie_margin, self.drafter = run, run.backend, k, tie_margin, drafter
         self.clean = run.first + len(run.prompt)  # cached rows below this were computed as plain decoding does
 
     def tokens(self) -> Iterator[int]:
-        heads = None  # no drafts until a verify call returns the MTP heads' logits
+        heads = None  # no MTP drafts until a verify call returns the heads' logits
         while True:
             logits, heads, pending = yield from self.call(heads)
             yield self.run.sampler.sample(logits) if pending is None else pending
@@ -175,11 +197,11 @@ class _Verifier:
         return row_position < self.clean or not self.tie_margin or top2_margin(logits) >= self.tie_margin
 
     def call(self, heads: np.ndarray | None):
-        """Verify the last token and the drafts from `heads`, yielding the accepted drafts; returns the logits and
-        heads to continue from and a token decided by a rejection (or None)."""
+        """Verify the last token and the drafter's guesses, yielding the accepted drafts; returns the logits and
+        MTP heads to continue from and a token decided by a rejection (or None)."""
         run, backend = self.run, self.backend
-        room = min(self.k, run.max_new_tokens - len(run.out), run.context - backend.cache_length - 1)
-        drafts = [] if heads is None else [draft(run.sampler, heads[j]) for j in range(max(room, 0))]
+        room = max(0, min(self.k, run.max_new_tokens - len(run.out), run.context - backend.cache_length - 1))
+        drafts: list[Proposal] = self.drafter.propose(run.prompt + run.out, heads, room, run.sampler) if room else []
         base = backend.cache_length
         ids = [run.out[-1]] + [d for d, _ in drafts]
         logits, mtp = backend.verify(ids, list(range(base, base + len(ids))))
@@ -190,6 +212,7 @@ class _Verifier:
         kept, pending = 0, None
         for i in range(len(ids)):
             if not self.trusted(base + i, logits[i]):
+                self.drafter.observe(len(drafts), kept)
                 backend.truncate(base + 1 + kept)
                 return (*self.replay(base + 1 + kept), None)
             if i == len(drafts):
@@ -206,6 +229,7 @@ class _Verifier:
             except GeneratorExit:  # generation stopped at this draft: the cache keeps the rows verified up to it
                 backend.truncate(base + 1 + kept)
                 raise
+        self.drafter.observe(len(drafts), kept)
         backend.truncate(base + 1 + kept)
         return logits[kept], mtp[kept], pending
 

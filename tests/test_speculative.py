@@ -326,3 +326,84 @@ def test_speculative_exactness_script(tmp_path) -> None:
     row = json.loads((tmp_path / "speculative_exactness.json").read_text())["results"]["fp32"]
     assert row["speculative"]["identical"] == "3/3" and row["tie_margin"] == FLOAT_TIE_MARGIN
     assert set(row["scoring"]) == {"1_token_calls", "3_token_calls"}
+
+
+def test_ngram_speculative_equals_greedy_through_onnx(bundles) -> None:
+    """Prompt-lookup drafts (no MTP heads needed) keep plain greedy output, with rollbacks, over many prompts."""
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
+
+    bundle = open_bundle(bundles["gqa-fp32"][2])
+    greedy = Sampler(SamplingParams(temperature=0))
+    plain_backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
+    rng = np.random.default_rng(0)
+    drafted = accepted = calls = tokens = 0
+    for i in range(12):
+        motif = [int(t) for t in rng.integers(30, 250, size=int(rng.integers(2, 6)))]
+        prompt = (motif * 8)[: 10 + i] if i % 2 else [int(t) for t in rng.integers(30, 250, size=12)]
+        plain, _ = generate_ids(plain_backend, prompt, 48, greedy, 257)
+        strategy = Speculation(backend, greedy, 6, drafter="ngram")
+        fast, stats = generate_ids(backend, prompt, 48, greedy, 257, None, strategy)
+        assert fast == plain, i
+        assert backend.cache_length - len(prompt) in (len(plain) - 1, len(plain))
+        drafted, accepted = drafted + stats.draft_tokens, accepted + stats.accepted_tokens
+        calls, tokens = calls + stats.model_calls, tokens + len(plain)
+    assert drafted >= accepted > 0 and calls < tokens  # guesses were checked, kept, calls saved
+
+    class WrongGuesses(Speculation):  # every guess rejected: each call rolls the cache back
+        def make_drafter(self):
+            return type(
+                "Wrong",
+                (),
+                {
+                    "propose": lambda self, h, heads, room, s: [(1, None)] * room,
+                    "observe": lambda self, proposed, accepted: None,
+                },
+            )()
+
+    for prompt in ([50, 60, 70], [90] * 5):
+        plain, _ = generate_ids(plain_backend, prompt, 20, greedy, 257)
+        fast, stats = generate_ids(backend, prompt, 20, greedy, 257, None, WrongGuesses(backend, greedy, 4, 0, "ngram"))
+        assert fast == plain and stats.draft_tokens > stats.accepted_tokens
+        assert backend.cache_length - len(prompt) in (len(plain) - 1, len(plain))
+
+
+def test_ngram_speculative_in_pytorch_and_sampling(default_model) -> None:
+    model, tokenizer = default_model
+    prompt = tokenizer.encode(PROMPT.decode() * 2, add_bos=True)
+    greedy = Sampler(SamplingParams(temperature=0))
+    plain, _ = generate_ids(TorchBackend(model), prompt, 64, greedy, tokenizer.eos_id)
+    backend = TorchBackend(model)
+    strategy = Speculation(backend, greedy, 8, drafter="ngram")
+    fast, stats = generate_ids(backend, prompt, 64, greedy, tokenizer.eos_id, None, strategy)
+    assert fast == plain and stats.accepted_tokens > 0
+    sampler = Sampler(SamplingParams(temperature=0.8, top_p=0.95, seed=3))
+    backend = TorchBackend(model)
+    strategy = Speculation(backend, sampler, 8, drafter="ngram")
+    out, stats = generate_ids(backend, prompt, 48, sampler, tokenizer.eos_id, None, strategy)
+    assert 0 < len(out) <= 48 and 0.0 <= stats.acceptance_rate <= 1.0
+
+
+def test_acceptance_rule_keeps_the_target_distribution_for_deterministic_guesses() -> None:
+    """A guess with no distribution (q one-hot): accepted with p(guess), else drawn from p without it."""
+    rng = np.random.default_rng(1)
+    target = rng.dirichlet(np.ones(6))
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=1.0, seed=2))
+    n = 40000
+    counts = np.zeros(6)
+    for _ in range(n):
+        counts[accept(sampler, 2, target, None)[1]] += 1
+    expected = n * target
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 5 + 6 * np.sqrt(2 * 5), (counts / n, target)
+
+
+def test_speculative_rejects_an_unknown_drafter() -> None:
+    from omnicoder.model import OmniCoder
+    from omnicoder.presets import preset
+
+    model = OmniCoder(preset("test-gqa")).eval()
+    with pytest.raises(OmniCoderError, match="--draft 'beam' is unknown"):
+        Speculation(TorchBackend(model), Sampler(SamplingParams(temperature=0)), 2, drafter="beam")
