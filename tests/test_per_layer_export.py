@@ -104,6 +104,7 @@ def test_shared_kv_io_refuses_per_layer_settings(tmp_path):
         export_bundle(family_model(), tmp_path / "shared", weights="fp32", kv_io="shared")
 
 
+@pytest.mark.slow  # about 20 s
 @torch.no_grad()
 def test_ort_group_query_attention_carries_windows_and_softcap(tmp_path):
     """--attention ort-gqa: each layer's com.microsoft.GroupQueryAttention has its window and soft-cap."""
