@@ -32,7 +32,7 @@ from tqdm import tqdm
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.fsutil import atomic_directory
-from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, query_names
+from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, query_names, windowed_kv
 from omnicoder.kv_quant import DEFAULT_ROTATION, KVQuantSpec
 
 WEIGHT_MODES = ("fp32", "fp16", "int4", "int8")
@@ -103,14 +103,15 @@ def _name_dims(model: onnx.ModelProto, config: OmniCoderConfig, spec: KVQuantSpe
                 dim.ClearField("dim_value")
                 dim.dim_param = name
 
+    windowed = dict(zip(past_in + present_out, windowed_kv(config, spec) * 2, strict=True))
     for value in model.graph.input:
         if value.name in (INPUT_IDS, POSITION_IDS):
             rename(value, ["batch", "sequence"])
-        elif value.name in past_in:
-            rename(value, ["batch", None, "past_sequence", None])
+        elif value.name in windowed:
+            rename(value, ["batch", None, "past_window_sequence" if windowed[value.name] else "past_sequence", None])
     for value in model.graph.output:
-        if value.name in present_out:
-            rename(value, ["batch", None, "total_sequence", None])
+        if value.name in windowed:
+            rename(value, ["batch", None, "total_window_sequence" if windowed[value.name] else "total_sequence", None])
         elif value.name in queries:
             rename(value, ["batch", None, "sequence", None])
         else:
@@ -296,6 +297,8 @@ def _rotary_tables(model) -> tuple | None:
 
 def _kv_contract(config: OmniCoderConfig, spec: KVQuantSpec, queries: bool, kv_io: str) -> dict:
     contract = kv_contract(config, spec)
+    if kv_io == "present" and any(config.layer_window(i) for i in range(config.n_layers)):
+        contract["windows"] = [config.layer_window(i) for i in range(config.n_layers)]  # runtimes/kv_window.py
     if not queries:
         contract.pop("query", None)
     if kv_io == "shared":

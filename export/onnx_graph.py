@@ -28,7 +28,7 @@ import torch
 from omnicoder.config import OmniCoderConfig
 from omnicoder.decode_step import DecodeStep, example_inputs
 from omnicoder.errors import OmniCoderError
-from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, output_names
+from omnicoder.io_contract import INPUT_IDS, POSITION_IDS, kv_names, output_names, windowed_kv
 from omnicoder.kv_quant import KVQuantSpec
 from omnicoder.kv_slot import CustomOpKV
 from omnicoder.model import OmniCoder
@@ -207,11 +207,13 @@ def export_decode_graph(
         raise OmniCoderError("--attention ort-gqa needs equal key and value widths; MLA models use --attention onnx")
     step = DecodeStep(model.eval(), kv_spec, queries, slot_class=CustomOpKV)
     ids, positions, kv = example_inputs(config, spec=kv_spec)
-    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    # a sliding-window layer's past has its own length (a runtime may keep only its newest rows)
+    past = {False: torch.export.Dim("past_sequence"), True: torch.export.Dim("past_window_sequence")}
     dynamic_shapes = {
         "input_ids": {0: batch, 1: seq},
         "position_ids": {0: batch, 1: seq},
-        "past": [{0: batch, 2: past} for _ in kv],
+        "past": [{0: batch, 2: past[windowed]} for windowed in windowed_kv(config, kv_spec)],
     }
     in_names = [INPUT_IDS, POSITION_IDS, *kv_names(config, kv_spec)[0]]
     with swapped_modules(model, as_op_form), warnings.catch_warnings(), torch.no_grad():

@@ -54,6 +54,16 @@ def kv_names(config: OmniCoderConfig, spec=None) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+def kv_layers(config: OmniCoderConfig, spec=None) -> list[int]:
+    """The layer of each KV tensor, in kv_names' order."""
+    return [i for i, _, width in kv_slots(config) for _ in (spec.components(width) if spec is not None else [None])]
+
+
+def windowed_kv(config: OmniCoderConfig, spec=None) -> list[bool]:
+    """Per KV tensor: whether its layer attends a sliding window, so a runtime may feed it its newest rows only."""
+    return [config.layer_window(i) > 0 for i in kv_layers(config, spec)]
+
+
 def query_names(config: OmniCoderConfig) -> list[str]:
     return [query_name(i) for i in range(config.n_layers)]
 

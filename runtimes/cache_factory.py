@@ -13,6 +13,7 @@ from omnicoder.runtimes.kv_cache import ContiguousKVCache, KVCache, SharedKVCach
 from omnicoder.runtimes.kv_format import KVLayout
 from omnicoder.runtimes.kv_paging import PagedKVCache, PagingPolicy
 from omnicoder.runtimes.kv_retention import RetentionKVCache, RetentionPolicy, query_scale
+from omnicoder.runtimes.kv_window import WindowedKVCache
 
 from omnicoder.errors import OmniCoderError
 
@@ -61,7 +62,7 @@ def make_cache(
         _check_queries("--retention h2o" if h2o else None, queries, output_names)
         return RetentionKVCache(layout, retention, query_scale(bundle.model), queries if h2o else None)
     if paging is None:
-        return ContiguousKVCache(layout)
+        return WindowedKVCache(layout) if any(layout.windows) else ContiguousKVCache(layout)
     if paging.page_len > context:
         raise OmniCoderError(f"--page-len {paging.page_len} is longer than the model's context ({context}); lower it")
     attended = paging.window + (paging.sink_pages + paging.predicted_pages + 1) * paging.page_len

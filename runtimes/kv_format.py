@@ -120,7 +120,8 @@ class KVLayout:
     """The KV tensors a decode step takes and returns.
 
     Quantized KV (`graph.kv.storage`) stores each cached row as several tensors (codes, scales, ...);
-    `inputs`/`outputs`/`widths`/`dtypes` list every one of them, `key_slots` groups each layer's key tensors.
+    `inputs`/`outputs`/`widths`/`dtypes` list every one of them, `key_slots` groups each layer's key tensors,
+    `layers` names each tensor's layer; `windows` (graph.kv.windows) is each layer's attention window (0: full).
     """
 
     def __init__(self, kv: dict, n_layers: int) -> None:
@@ -130,8 +131,9 @@ class KVLayout:
         self.rotation = storage.get("rotation", "none")
         self.key_group = storage.get("key_group")
         plain = [{"suffix": "", "dtype": "float32", "width": None}]
-        self.inputs, self.outputs, self.widths, self.dtypes = [], [], [], []
+        self.inputs, self.outputs, self.widths, self.dtypes, self.layers = [], [], [], [], []
         self.key_slots: list[list[str]] = []  # per layer: the input names storing its keys (codes first)
+        self.windows: list[int] = list(kv.get("windows") or [0] * n_layers)
         for layer in range(n_layers):
             slots = [("past_key", "present_key", self.key_dim, storage.get("key_components") or plain)]
             if kv.get("past_value"):
@@ -144,6 +146,7 @@ class KVLayout:
                     self.outputs.append(kv[present].format(layer=layer) + part["suffix"])
                     self.widths.append(part["width"] or width)
                     self.dtypes.append(np.dtype(part["dtype"]))
+                    self.layers.append(layer)
                 if past == "past_key":
                     self.key_slots.append(names)
 
@@ -156,6 +159,15 @@ class KVLayout:
     def bytes_per_token(self) -> int:
         """Stored KV bytes of one token over all layers."""
         return sum(self.heads * w * d.itemsize for w, d in zip(self.widths, self.dtypes, strict=True))
+
+    def input_windows(self) -> list[int]:
+        """Each KV tensor's layer window (0: the layer attends the whole context)."""
+        return [self.windows[layer] for layer in self.layers]
+
+    def resident_bytes(self, tokens: int, slack: int = 0) -> int:
+        """Stored KV bytes after `tokens` tokens when sliding layers keep `window - 1 + slack` rows (at most)."""
+        rows = [tokens if w <= 0 else min(tokens, w - 1 + slack) for w in self.input_windows()]
+        return sum(self.heads * w * d.itemsize * r for w, d, r in zip(self.widths, self.dtypes, rows, strict=True))
 
     def dequantized_keys(self, arrays: dict[str, np.ndarray], layer: int) -> np.ndarray:
         """Float keys [..., key_dim] of one layer from its stored tensors (in the rotated space if rotated)."""

@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 from omnicoder.runtimes.decode_loop import Run, StepBackend
 from omnicoder.runtimes.drafters import Drafter, MtpDrafter, NgramDrafter, Proposal
+from omnicoder.runtimes.kv_window import WindowedKVCache
 from omnicoder.runtimes.sampling import Sampler
 
 from omnicoder.errors import OmniCoderError
@@ -87,6 +88,8 @@ def cache_caveats(backend) -> list[str]:
         caveats.append("--window (a verify call attends the window as of its first token)")
     if paging is not None and paging.predicted_pages > 0:
         caveats.append("--predicted-pages (pages are picked by the previous call's last query)")
+    if isinstance(getattr(backend, "cache", None), WindowedKVCache):
+        caveats.append("sliding-window layers (they keep only recent rows, so a greedy near-tie is not replayed)")
     if getattr(backend, "retention", None) is not None:
         caveats.append("--retention (the budget acts once per verify call, not once per token)")
     return caveats

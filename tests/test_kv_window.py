@@ -1,0 +1,108 @@
+"""Sliding-window layers' KV kept as a window (runtimes/kv_window.py): rows held, rollback, resident bytes."""
+
+import numpy as np
+import pytest
+from omnicoder.runtimes.kv_format import KVLayout
+from omnicoder.runtimes.kv_window import WindowedKVCache
+
+from omnicoder.errors import OmniCoderError
+
+KV = {
+    "heads": 1,
+    "key_dim": 2,
+    "value_dim": 2,
+    "past_key": "past.{layer}.key",
+    "past_value": "past.{layer}.value",
+    "present_key": "present.{layer}.key",
+    "present_value": "present.{layer}.value",
+    "windows": [4, 0],
+}
+
+
+def feed(cache: WindowedKVCache, positions: range) -> None:
+    """What a decode-step graph does: present = past + the new rows (each row holds its position)."""
+    for p in positions:
+        presents = {
+            name: np.concatenate((past, np.full((1, 1, 1, 2), p, np.float32)), axis=2)
+            for name, past in cache.feeds().items()
+        }
+        cache.update(presents, 1)
+
+
+def held_positions(cache: WindowedKVCache, name: str) -> list[int]:
+    return [int(v) for v in np.asarray(cache.feeds()[name])[0, 0, :, 0]]
+
+
+def test_sliding_layers_keep_about_a_window_and_full_layers_everything():
+    cache = WindowedKVCache(KVLayout(KV, 2), slack=8)
+    feed(cache, range(300))
+    assert cache.length == 300
+    assert held_positions(cache, "past.1.key") == list(range(300))
+    kept = held_positions(cache, "past.0.key")
+    assert 3 + 8 <= len(kept) <= 3 + 16 and kept == list(range(300 - len(kept), 300))  # the newest rows, in order
+    assert held_positions(cache, "past.0.value") == kept
+    assert cache.nbytes() == (300 + len(kept)) * 2 * 2 * 4
+
+
+def test_rollback_within_the_slack_and_a_clear_error_beyond():
+    cache = WindowedKVCache(KVLayout(KV, 2), slack=8)
+    feed(cache, range(100))
+    cache.truncate(95)
+    assert held_positions(cache, "past.0.key")[-1] == 94 and held_positions(cache, "past.1.key")[-1] == 94
+    feed(cache, range(95, 110))
+    assert held_positions(cache, "past.0.key")[-3:] == [107, 108, 109]
+    with pytest.raises(OmniCoderError, match="sliding-window layer"):
+        cache.truncate(50)
+    cache.reset()
+    assert cache.length == 0 and held_positions(cache, "past.0.key") == []
+
+
+def test_resident_bytes_count_per_layer_windows():
+    layout = KVLayout(KV, 2)
+    row = 2 * 2 * 4  # key + value rows of one layer, fp32
+    assert layout.input_windows() == [4, 4, 0, 0]
+    assert layout.resident_bytes(1000) == (3 + 1000) * row
+    assert layout.resident_bytes(2) == (2 + 2) * row
+    assert layout.resident_bytes(1000, slack=64) == (3 + 64 + 1000) * row
+    assert KVLayout({**KV, "windows": None}, 2).resident_bytes(10) == 20 * row
+
+
+def test_onnx_runner_keeps_windows_and_matches_the_full_cache(tmp_path):
+    """A bundle with sliding layers: the runner's windowed cache gives the full cache's tokens, holding less."""
+    import torch
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.decode_loop import generate_ids
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.kv_cache import ContiguousKVCache
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
+    from omnicoder.runtimes.sampling import Sampler, SamplingParams
+    from omnicoder.runtimes.speculative import Speculation
+
+    from omnicoder.model import OmniCoder
+    from tests.conftest import export_bundle
+    from tests.family_support import WINDOW, family_config, spread_weights
+
+    torch.manual_seed(0)
+    model = spread_weights(OmniCoder(family_config()).eval(), 0)
+    export_bundle(model, tmp_path / "b", weights="fp32")
+    bundle = open_bundle(tmp_path / "b")
+    assert bundle.graph["kv"]["windows"] == [WINDOW, 0, WINDOW, 0]
+    greedy = Sampler(SamplingParams(temperature=0))
+
+    def backend(windowed: bool) -> GraphBackend:
+        b = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
+        assert isinstance(b.cache, WindowedKVCache)  # what the cache factory picks for such a bundle
+        b.cache = WindowedKVCache(b.layout, slack=2) if windowed else ContiguousKVCache(b.layout)
+        return b
+
+    prompt = [40, 41, 42, 43, 44, 45, 46]
+    full, windowed = backend(False), backend(True)
+    want, _ = generate_ids(full, prompt, 40, greedy, 257)
+    got, _ = generate_ids(windowed, prompt, 40, greedy, 257)
+    assert got == want and len(want) > 2 * WINDOW
+    assert windowed.cache.nbytes() < 0.8 * full.cache.nbytes()
+    spec = backend(True)
+    got, stats = generate_ids(
+        spec, [5, 6, 7, 5, 6, 7, 5, 6], 40, greedy, 257, None, Speculation(spec, greedy, 2, 0, "ngram")
+    )
+    assert got == generate_ids(full, [5, 6, 7, 5, 6, 7, 5, 6], 40, greedy, 257)[0]
