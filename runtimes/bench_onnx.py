@@ -21,6 +21,7 @@ from omnicoder.runtimes.bench_timing import BenchSettings, measure, warm_up
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.onnx_session import OnnxProgram, resolve_providers, session_options
+from omnicoder.runtimes.onnx_session import canonical_provider as canonical_provider  # the bench's checker API
 from omnicoder.runtimes.stats import peak_rss_mb
 
 LEVELS = {

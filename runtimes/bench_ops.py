@@ -20,18 +20,9 @@ from omnicoder.runtimes.bench_result import Check
 ATTENTION_OPS = ("Attention", "GroupQueryAttention", "MultiHeadAttention")
 QUANTIZED_MATMUL_OPS = ("MatMulNBits", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 QUANTIZED_WEIGHTS = ("int4", "int8", "8da4w")
-MOBILE_PROVIDERS = frozenset(
-    {"CoreMLExecutionProvider", "NnapiExecutionProvider", "XnnpackExecutionProvider", "QNNExecutionProvider"}
-)
+MOBILE_PROVIDERS = frozenset(f"{name}ExecutionProvider" for name in ("CoreML", "Nnapi", "Xnnpack", "QNN"))
 GPU_PROVIDERS = frozenset(
-    {
-        "CUDAExecutionProvider",
-        "TensorrtExecutionProvider",
-        "ROCMExecutionProvider",
-        "MIGraphXExecutionProvider",
-        "DmlExecutionProvider",
-        "WebGpuExecutionProvider",
-    }
+    f"{name}ExecutionProvider" for name in ("CUDA", "Tensorrt", "ROCM", "MIGraphX", "Dml", "WebGpu")
 )
 REQUIRE_QLINEAR_ENV = "OMNICODER_REQUIRE_QLINEAR"
 

@@ -7,6 +7,7 @@ from html import escape
 
 WIDTH, BAR_H, GAP, LEFT = 640, 22, 10, 190
 PASS, FAIL, FLOOR = "#2e7d32", "#c62828", "#222"
+KINDS = ("decode", "prefill")
 SERIES = ("#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#558b2f")
 
 
@@ -116,15 +117,16 @@ def render(report: dict, history: list[dict]) -> str:
     measured = [p for p in report["providers"] if p["status"] == "measured"]
     calibrated = any(p.get("calibrated_ratios") for p in measured)
     unit = "ratio to the calibration probe" if calibrated else "tok/s"
-    charts = []
-    for label in ("decode", "prefill"):
+
+    def speed(p: dict, label: str) -> tuple[float, float | None]:
+        """A measured provider's speed (or ratio) and its floor."""
         name = f"{label} / calibration" if calibrated else f"{label} tok/s"
-        rows = []
-        for p in measured:
-            check = next((c for c in p["checks"] if c["name"] == name), None)
-            value = p["calibrated_ratios"][label] if calibrated else p["speed"][f"{label}_tok_s"]
-            rows.append((p["provider"], value, check and check["threshold"]))
-        charts.append(bar_chart(f"{label} {unit} (bars) vs floor (black ticks), {report['model_key']}", rows))
+        check = next((c for c in p["checks"] if c["name"] == name), None)
+        value = p["calibrated_ratios"][label] if calibrated else p["speed"][f"{label}_tok_s"]
+        return value, check and check["threshold"]
+
+    title = f"{unit} (bars) vs floor (black ticks), {report['model_key']}"
+    charts = [bar_chart(f"{kind} {title}", [(p["provider"], *speed(p, kind)) for p in measured]) for kind in KINDS]
     series: dict[str, list[tuple[str, float]]] = {}
     for entry in history:
         if entry["model"] != report["model_key"] or (calibrated and "calibration" not in entry):
@@ -133,12 +135,10 @@ def render(report: dict, history: list[dict]) -> str:
         series.setdefault(entry["provider"], []).append((entry["time"], value))
     floors = {}
     for p in measured:
-        value = p["calibrated_ratios"]["decode"] if calibrated else p["speed"]["decode_tok_s"]
+        value, floor = speed(p, "decode")
         series.setdefault(p["provider"], []).append((report["time"], value))
-        name = "decode / calibration" if calibrated else "decode tok/s"
-        check = next((c for c in p["checks"] if c["name"] == name), None)
-        if check and check["threshold"] is not None:
-            floors[p["provider"]] = check["threshold"]
+        if floor is not None:
+            floors[p["provider"]] = floor
     charts.append(
         history_chart(f"decode {unit} over time ({report['model_key']}, profile {report['profile']})", series, floors)
     )

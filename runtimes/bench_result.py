@@ -80,8 +80,5 @@ class ProviderResult:
         }
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["checks"] = [check.to_dict() for check in self.checks]
-        data["calibrated_ratios"] = self.ratios()
-        data["passed"] = self.passed
-        return data
+        checks = [check.to_dict() for check in self.checks]
+        return {**asdict(self), "checks": checks, "calibrated_ratios": self.ratios(), "passed": self.passed}

@@ -182,8 +182,9 @@ def _floor(result: ProviderResult, runs: list[dict], margin: float, host: dict, 
 
 
 def history_entry(result: ProviderResult, key: str, host: dict, when: str) -> dict:
-    speed = result.speed
+    speed, ratios = result.speed, result.ratios()
     assert speed is not None
+    calibration = {**result.calibration.__dict__, **{f"{k}_ratio": v for k, v in ratios.items()}} if ratios else None
     return {
         "time": when,
         "provider": result.provider,
@@ -198,15 +199,5 @@ def history_entry(result: ProviderResult, key: str, host: dict, when: str) -> di
             str(v) for v in (host["machine"], f"{host['cpus']} CPUs", host["system"], host.get("cpu")) if v
         ),
         "onnxruntime": host["onnxruntime"],
-        **({} if result.calibration is None else {"calibration": calibration_entry(result)}),
-    }
-
-
-def calibration_entry(result: ProviderResult) -> dict:
-    ratios = result.ratios()
-    assert result.calibration is not None and ratios is not None
-    return {
-        **result.calibration.__dict__,
-        "decode_ratio": ratios["decode"],
-        "prefill_ratio": ratios["prefill"],
+        **({} if calibration is None else {"calibration": calibration}),
     }

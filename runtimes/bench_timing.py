@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from omnicoder.runtimes.bench_result import Speed
@@ -81,11 +81,7 @@ def measure(
     steps.sort()
     tenth = max(len(steps) // 10, 1)
     return Speed(
-        threads=settings.threads,
-        prefill_tokens=settings.prefill_tokens,
-        decode_steps=settings.decode_steps,
-        repeats=settings.repeats,
-        warmup_steps=settings.warmup_steps,
+        **{name: value for name, value in asdict(settings).items() if name != "calibrate"},
         prefill_tok_s=round(statistics.median(prefill), 1),
         decode_tok_s=round(1 / statistics.median(steps), 1),
         decode_p10_tok_s=round(1 / steps[tenth - 1], 1),

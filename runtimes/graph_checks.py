@@ -28,13 +28,6 @@ def ort_message(exc: BaseException) -> str:
     return " ".join(lines[0].split())[:300]
 
 
-def _dims_agree(shape: list, expected: dict[int, int]) -> bool:
-    """Static dims of an onnxruntime shape agree with `expected` (index -> value); symbolic dims pass."""
-    if len(shape) != 4:
-        return False
-    return all(not isinstance(shape[i], int) or shape[i] == value for i, value in expected.items())
-
-
 def check_session(bundle: Bundle, session: ort.InferenceSession) -> None:
     """Raise OmniCoderError when the graph's I/O or metadata contradict the manifest."""
     model, kv = bundle.model, bundle.graph["kv"]
@@ -75,8 +68,9 @@ def check_session(bundle: Bundle, session: ort.InferenceSession) -> None:
 
 
 def _check_kv_tensor(value, name: str, width: int, dtype, heads: int) -> None:
-    expected = ORT_TYPES.get(str(dtype))
-    if value.type != expected or not _dims_agree(list(value.shape), {1: heads, 3: width}):
+    expected, shape = ORT_TYPES.get(str(dtype)), list(value.shape)
+    agree = len(shape) == 4 and all(not isinstance(shape[i], int) or shape[i] == v for i, v in ((1, heads), (3, width)))
+    if value.type != expected or not agree:  # symbolic dims agree with anything
         raise OmniCoderError(
             f"graph tensor {name} is {value.type} {list(value.shape)}, manifest.json says {expected} "
             f"[batch, {heads}, sequence, {width}]; {FIX}"
@@ -102,18 +96,13 @@ def _check_metadata(bundle: Bundle, session: ort.InferenceSession) -> None:
             raise OmniCoderError(f"manifest.json says {key} {value!r}, the graph says {meta[key][:40]!r}; {FIX}")
 
 
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_allocation(nbytes: int, what: str, fix: str) -> None:
     """Refuse to allocate more than the machine's RAM in one go (a preallocated KV cache)."""
-    ram = physical_memory()
-    if ram is not None and nbytes > ram:
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # the OS does not say
+        return
+    if nbytes > ram:
         raise OmniCoderError(
             f"{what} needs {nbytes / 2**20:.0f} MiB, more than this machine's {ram / 2**20:.0f} MiB of RAM; {fix}"
         )

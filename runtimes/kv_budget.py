@@ -80,16 +80,9 @@ class PageBudget:
 
     @classmethod
     def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None) -> PageBudget:
-        per_layer = bytes_per_token_per_layer(sidecar, kv_dtype)
-        per_token = sum(per_layer)
-        page_len = sidecar["page_len"]
-        return cls(
-            kv_dtype or sidecar.get("kv_dtype", "fp32"),
-            page_len,
-            len(per_layer),
-            per_token,
-            math.ceil(page_len * per_token),
-        )
+        per_layer, page_len = bytes_per_token_per_layer(sidecar, kv_dtype), sidecar["page_len"]
+        dtype, per_token = kv_dtype or sidecar.get("kv_dtype", "fp32"), sum(per_layer)
+        return cls(dtype, page_len, len(per_layer), per_token, math.ceil(page_len * per_token))
 
     def pages(self, context: int) -> int:
         return math.ceil(context / self.page_len)
@@ -150,19 +143,10 @@ def plan_paging(
         return None
     free = min(budget_pages, attendable_pages) - 2  # after the sink page and the tail page
     predicted = min(MAX_PREDICTED_PAGES, (free - 1) // 2)  # the window always gets more pages than prediction
-    window_pages = free - predicted
+    window = (free - predicted) * layout.page_len
     resident = min(budget_pages * layout.page_bytes, total)
     return PagingPlan(
-        context,
-        budget_bytes,
-        False,
-        window_pages * layout.page_len,
-        1,
-        predicted,
-        budget_pages,
-        resident,
-        total,
-        total - resident,
+        context, budget_bytes, False, window, 1, predicted, budget_pages, resident, total, total - resident
     )
 
 

@@ -100,16 +100,12 @@ def print_plan(bundle, layout: PageBudget, plan: PagingPlan | None, context: int
         ("RAM budget", f"{budget_mb:g} MB = {int(budget_mb * MB) // layout.page_bytes} pages"),
     ]
     if plan is not None:
-        if plan.fits_whole:
-            rows.append(("plan", f"whole context resident (window {plan.window} tokens, no eviction)"))
-        else:
-            rows.append(
-                (
-                    "plan",
-                    f"window {plan.window} tokens ({plan.window // layout.page_len} pages) + {plan.sink_pages} "
-                    f"sink page + {plan.predicted_pages} predicted pages + 1 tail page",
-                )
-            )
+        paged = (
+            f"window {plan.window} tokens ({plan.window // layout.page_len} pages) + {plan.sink_pages} sink page + "
+            f"{plan.predicted_pages} predicted pages + 1 tail page"
+        )
+        whole = f"whole context resident (window {plan.window} tokens, no eviction)"
+        rows.append(("plan", whole if plan.fits_whole else paged))
         rows.append(
             ("resident", f"{plan.resident_pages} pages = {plan.resident_bytes} bytes ({mb(plan.resident_bytes)} MB)")
         )

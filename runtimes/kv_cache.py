@@ -17,6 +17,7 @@ from omnicoder.runtimes.kv_format import KVLayout
 from omnicoder.errors import OmniCoderError
 
 UNBOUNDED = 2**62  # positions of a cache that evicts: they stay absolute, the policy bounds what is attended
+_ORT_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(uint8)": 1}
 
 
 def as_numpy(value) -> np.ndarray:
@@ -96,18 +97,11 @@ class ContiguousKVCache(KVCache):
             self._length = length
 
     def nbytes(self) -> int:
-        """Bytes of the KV tensors held (what the graph returned: the stored, possibly quantized, form)."""
-        return sum(_nbytes(value) for value in self._values.values())
-
-
-_ORT_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(uint8)": 1}
-
-
-def _nbytes(value) -> int:
-    """Bytes of a numpy array or an onnxruntime OrtValue (without copying it out)."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    return int(np.prod(value.shape())) * _ORT_ITEMSIZE[value.data_type()]
+        """Bytes of the KV tensors held (the stored, possibly quantized, form; OrtValues are not copied out)."""
+        return sum(
+            v.nbytes if isinstance(v, np.ndarray) else int(np.prod(v.shape())) * _ORT_ITEMSIZE[v.data_type()]
+            for v in self._values.values()
+        )
 
 
 class SharedKVCache(KVCache):

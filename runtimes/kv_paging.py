@@ -59,20 +59,15 @@ class SpillFile:
         self._used = 0
         self._free: list[int] = []
 
-    def _ensure(self, slots: int) -> None:
-        if slots <= self.slots:
-            return
-        capacity = max(slots, 2 * self.slots, 4)
-        self._file.truncate(capacity * self.page_bytes)
-        self._map = np.memmap(self._file.name, dtype=np.uint8, mode="r+", shape=(capacity * self.page_bytes,))
-        self.slots = capacity
-
     def write(self, data: bytes) -> int:
         if self._free:
             slot = self._free.pop()
         else:
-            self._ensure(self._used + 1)
             slot, self._used = self._used, self._used + 1
+            if self._used > self.slots:  # grow the file
+                self.slots = max(self._used, 2 * self.slots, 4)
+                self._file.truncate(self.slots * self.page_bytes)
+                self._map = np.memmap(self._file.name, dtype=np.uint8, mode="r+", shape=(self.slots * self.page_bytes,))
         self._map[slot * self.page_bytes : slot * self.page_bytes + len(data)] = np.frombuffer(data, np.uint8)
         return slot
 
@@ -116,7 +111,6 @@ class PagedKVCache(KVCache):
         self.spill: SpillFile | None = None
         self.reset()
 
-    # -- interface -------------------------------------------------------------------------------------
     def reset(self) -> None:
         if getattr(self, "spill", None) is not None:
             self.spill.close()
@@ -187,7 +181,6 @@ class PagedKVCache(KVCache):
         """Queries rotated like the keys when the KV rows are Hadamard-rotated."""
         return rotate(query, self.layout.key_group) if self.layout.rotation == "hadamard" else query
 
-    # -- selection -------------------------------------------------------------------------------------
     def window_pages(self) -> list[int]:
         if self.policy.window <= 0:
             return list(range(len(self.pages)))
@@ -222,7 +215,6 @@ class PagedKVCache(KVCache):
             scores.append((total, i))
         return [i for _, i in sorted(scores, reverse=True)]
 
-    # -- storage ---------------------------------------------------------------------------------------
     def _empty_page(self) -> dict[str, np.ndarray]:
         return {name: np.zeros(shape, self._dtypes[name]) for name, shape in self._shapes.items()}
 

@@ -68,9 +68,11 @@ class RetentionKVCache(KVCache):
         self.compress_bytes = sum(layout.heads * row_bytes(w, stored, policy.compress_group) for w in layout.widths)
         self.reset()
 
-    # -- interface -------------------------------------------------------------------------------------
     def reset(self) -> None:
-        self.rows = {name: np.zeros((self.layout.heads, 0, w), np.float32) for name, w in self._widths()}
+        self.rows = {
+            name: np.zeros((self.layout.heads, 0, w), np.float32)
+            for name, w in zip(self.layout.inputs, self.layout.widths, strict=True)
+        }
         self.positions = np.zeros(0, np.int64)  # cache-order index of each held token
         self.score = np.zeros(0)
         self.klass = np.zeros(0, np.int64)  # retention class: 0 keep, 1 compress, 2 drop
@@ -90,14 +92,10 @@ class RetentionKVCache(KVCache):
         return UNBOUNDED  # positions stay absolute; the budget bounds what is attended
 
     def observe_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        retention = outputs[RETENTION][0] if RETENTION in self.extra_outputs else None
-        self.observe(retention, {i: outputs[q][0] for i, q in enumerate(self.queries)} or None)
-
-    def observe(self, retention: np.ndarray | None = None, queries: dict[int, np.ndarray] | None = None) -> None:
-        """Per-step signals from the graph: retention logits [T, 3] of the new tokens; queries by layer [Hq, T, W]."""
-        self._pending_retention = retention
-        if queries is not None and len(self.positions):
-            self._accumulate_attention(queries)
+        """Per-call signals from the graph: retention logits [T, 3] of the new tokens; queries by layer [Hq, T, W]."""
+        self._pending_retention = outputs[RETENTION][0] if RETENTION in self.extra_outputs else None
+        if self.queries and len(self.positions):
+            self._accumulate_attention({i: outputs[q][0] for i, q in enumerate(self.queries)})
 
     def update(self, presents: dict, new_tokens: int) -> None:
         for name, value in presents.items():
@@ -124,10 +122,6 @@ class RetentionKVCache(KVCache):
         """Resident bytes as stored: full rows plus NF4 rows for compressed tokens."""
         n_compressed = int(self.compressed.sum())
         return (len(self.positions) - n_compressed) * self.token_bytes + n_compressed * self.compress_bytes
-
-    # -- policy ----------------------------------------------------------------------------------------
-    def _widths(self):
-        return zip(self.layout.inputs, self.layout.widths, strict=True)
 
     def _candidates(self) -> np.ndarray:
         protected = (self.positions < self.policy.sink_tokens) | (self.positions >= self._length - self.recent)

@@ -30,10 +30,6 @@ def default_path() -> Path:
     return profile_files.default_path(FILE_NAME)
 
 
-def load_devices(path: Path) -> dict:
-    return profile_files.load_profile_file(path, SCHEMA, "--devices")
-
-
 def device_of(document: dict, name: str) -> dict:
     devices = document["devices"]
     if name not in devices:
@@ -154,7 +150,9 @@ def build_parser() -> ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    document = load_devices(Path(args.devices) if args.devices else default_path())
+    document = profile_files.load_profile_file(
+        Path(args.devices) if args.devices else default_path(), SCHEMA, "--devices"
+    )
     device_of(document, args.device)  # an unknown device fails before the bundle is read
     bundle, sidecar, context = open_for_sizes(args.bundle, args.context)
     result = check(bundle, sidecar, document, args.device, context)

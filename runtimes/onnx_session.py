@@ -99,7 +99,10 @@ class OnnxProgram:
 
     def run(self, feeds: dict, wanted: list[str]) -> list:
         binding = self._binding
-        values = {name: _ort_value(value) for name, value in feeds.items()}  # alive until the run: they hold the data
+        values = {  # numpy wrapped without a copy, OrtValues as they are; alive until the run: they hold the data
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            for name, v in feeds.items()
+        }
         try:
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
@@ -166,8 +169,3 @@ class OnnxProgram:
 def step_failed(exc: BaseException) -> OmniCoderError:
     """The one-line error for an onnxruntime failure inside a decode step."""
     return OmniCoderError(f"onnxruntime failed in a decode step: {ort_message(exc)}; {STEP_FIX}")
-
-
-def _ort_value(value):
-    """A feed as onnxruntime takes it: numpy wrapped without a copy (the value holds the array), OrtValues as is."""
-    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value

@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.bundle:
         app, dest, total = package(path, root, args.app)
         print(f"{app}: copied {path} ({total / 2**20:.1f} MB) into {dest}")
-    for app in sorted({a for a, _, _ in APPS.values()} - set(apps)):
-        if args.app == "auto":
-            target = next(t for t, (a, _, _) in APPS.items() if a == app)
+    for target, (app, _, _) in APPS.items():  # android, then ios
+        if args.app == "auto" and app not in apps:
             print(f"{app}: no {target} bundle given, its app was left as it was", file=sys.stderr)
     return 0
 

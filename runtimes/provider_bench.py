@@ -16,10 +16,9 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib import metadata
+from importlib import import_module, metadata
 from pathlib import Path
 
 from omnicoder.cliutil import ArgumentParser
@@ -28,46 +27,23 @@ from omnicoder.errors import OmniCoderError, cli_main
 UPDATE_ENV = "OMNICODER_UPDATE_THRESHOLDS"
 
 
-@dataclass(frozen=True)
-class TargetChecker:
-    """What the bench needs from a bundle target: its providers and a per-provider bench."""
-
-    target: str
-    available: Callable[[], list[str]]  # providers usable on this machine
-    canonical: Callable[[str], str]  # a user's provider name -> the name profiles use
-    bench: Callable[..., object]  # (bundle, provider, profile entry, settings, graphs dir, level) -> ProviderResult
-
-
-def _onnx_checker() -> TargetChecker:
-    from omnicoder.runtimes import bench_onnx
-    from omnicoder.runtimes.onnx_session import canonical_provider
-
-    return TargetChecker("onnx", bench_onnx.available_providers, canonical_provider, bench_onnx.bench_provider)
-
-
-def _coreml_checker() -> TargetChecker:
-    """Static checks of the MIL program (op inventory, int4, states, metadata); no speed: prediction needs macOS."""
-    from omnicoder.runtimes import coreml_check
-
-    return TargetChecker(
-        "coreml", coreml_check.available_providers, coreml_check.canonical_provider, coreml_check.bench_provider
-    )
-
-
-CHECKERS: dict[str, Callable[[], TargetChecker]] = {"onnx": _onnx_checker, "coreml": _coreml_checker}
+# bundle target -> its checker's module: available_providers() (usable here), canonical_provider(a user's name) and
+# bench_provider(bundle, provider, profile entry, settings, graphs dir, level) -> ProviderResult. coreml: static
+# checks of the MIL program (op inventory, int4, states, metadata), no speed: prediction needs macOS.
+CHECKERS = {"onnx": "bench_onnx", "coreml": "coreml_check"}
 PLANNED = {
     "executorch": "the ExecuTorch checker (delegated vs non-delegated node counts, decode tok/s through the "
     "ExecuTorch Python runtime)",
 }
 
 
-def checker_for(target: str) -> TargetChecker:
+def checker_for(target: str):
     if target not in CHECKERS:
         missing = PLANNED.get(target, f"a checker for {target!r} bundles")
         raise OmniCoderError(
             f"the provider bench has no checker for target {target!r} bundles yet: {missing} is not implemented"
         )
-    return CHECKERS[target]()
+    return import_module(f"omnicoder.runtimes.{CHECKERS[target]}")
 
 
 def build_parser() -> ArgumentParser:
@@ -158,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = open_bundle(args.bundle)
     checker = checker_for(bundle.manifest["target"])
     profile = th.profile_of(document, args.profile, create=update)
-    requested = args.providers or list(profile["providers"]) or checker.available()  # a new profile: all here
-    providers = list(dict.fromkeys(checker.canonical(p) for p in requested))
+    requested = args.providers or list(profile["providers"]) or checker.available_providers()  # a new profile: all here
+    providers = list(dict.fromkeys(checker.canonical_provider(p) for p in requested))
     settings = th.settings_of(profile, overrides).validate(bundle.model["context_length"])
     if update:
         profile.setdefault("bench", asdict(settings))  # later runs of a new profile measure the same way
@@ -177,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results = [
-        checker.bench(bundle, p, profile["providers"].get(p), settings, graphs_dir, args.graph_optimization)
+        checker.bench_provider(bundle, p, profile["providers"].get(p), settings, graphs_dir, args.graph_optimization)
         for p in providers
     ]
     if not any(r.status == "measured" for r in results):
         raise OmniCoderError(
             f"none of the providers {', '.join(providers)} could be measured here "
-            f"(available: {', '.join(checker.available())})"
+            f"(available: {', '.join(checker.available_providers())})"
         )
     host, when = host_info(), datetime.now(UTC).isoformat(timespec="seconds")
     if update:

@@ -49,16 +49,14 @@ class GenerationStats:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     def line(self) -> str:
+        speculative = (
+            f", speculative: {self.acceptance_rate:.0%} of {self.draft_tokens} drafts accepted, "
+            f"{self.generated_tokens / max(self.model_calls, 1):.2f} tokens/call"
+        )
         return (
             f"[stats] prompt tokens: {self.prompt_tokens}, generated: {self.generated_tokens} ({self.stop_reason}), "
             f"prefill: {self.prefill_tok_s:.1f} tok/s, decode: {self.decode_tok_s:.1f} tok/s, "
-            f"peak RSS: {self.peak_rss_mb:.0f} MiB"
-            + (
-                f", speculative: {self.acceptance_rate:.0%} of {self.draft_tokens} drafts accepted, "
-                f"{self.generated_tokens / max(self.model_calls, 1):.2f} tokens/call"
-                if self.draft_tokens
-                else ""
-            )
+            f"peak RSS: {self.peak_rss_mb:.0f} MiB{speculative if self.draft_tokens else ''}"
         )
 
     def json(self) -> str:
