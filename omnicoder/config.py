@@ -19,6 +19,9 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 NORM_PLACEMENTS = ("pre", "sandwich", "post")
 QK_NORM_SCOPES = ("head", "projection")
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
+# mixture-of-experts gating (omnicoder.moe): softmax over all experts then top-k (Qwen-MoE, OLMoE, Mixtral,
+# DeepSeek-V2), top-k logits then softmax over the k (Granite-MoE), sigmoid scores (DeepSeek-V3)
+MOE_GATINGS = ("softmax", "topk_softmax", "sigmoid")
 # upper bounds of the shape fields (the bundle schema's bounds; a config beyond them cannot be exported or loaded)
 LIMITS = {
     "vocab_size": 1 << 24,
@@ -34,6 +37,12 @@ LIMITS = {
     "n_mtp": 64,
     "sliding_window": 1 << 24,
     "original_max_position_embeddings": 1 << 24,
+    "moe_experts": 1 << 16,
+    "moe_top_k": 1 << 16,
+    "moe_hidden": 1 << 22,
+    "moe_shared_hidden": 1 << 22,
+    "moe_n_group": 1 << 16,
+    "moe_topk_group": 1 << 16,
 }
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 MAX_LIST_LEN = 1 << 16  # longest list field (per-layer lists, longrope factors per rotary frequency)
@@ -172,6 +181,20 @@ class OmniCoderConfig:
     embedding_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     logit_multiplier: float = 1.0
+    # sparse mixture-of-experts feed-forward (issue #21; omnicoder.moe); moe_experts 0 keeps every layer dense
+    moe_experts: int = 0  # routed experts per MoE layer
+    moe_top_k: int = 0  # experts each token is routed to
+    moe_hidden: int = 0  # hidden width of one routed expert (fine-grained experts: smaller than mlp_hidden)
+    moe_gating: str = "softmax"  # one of MOE_GATINGS
+    moe_norm_topk: bool = False  # renormalise the k selected weights to sum to 1
+    moe_routed_scale: float = 1.0  # routed experts' output times this (DeepSeek's routed_scaling_factor)
+    moe_score_bias: bool = False  # a per-expert bias added to the scores for the choice only (DeepSeek-V3)
+    moe_n_group: int = 0  # group-limited routing: experts in this many groups (0 or 1: none)
+    moe_topk_group: int = 0  # ... of which the best moe_topk_group groups are eligible
+    moe_shared_hidden: int = 0  # hidden width of the always-on shared expert (0: none)
+    moe_shared_gate: bool = False  # the shared expert's output times sigmoid(linear(x)) (Qwen2-MoE)
+    moe_dense_layers: list[int] = field(default_factory=list)  # layers that keep the dense MLP (mlp_hidden)
+    moe_aux_loss_coef: float = 0.01  # training: weight of the load-balancing loss (omnicoder.moe.load_balancing_loss)
     bos_id: int = 256
     eos_id: int = 257
     pad_id: int = 258
@@ -221,6 +244,7 @@ class OmniCoderConfig:
         self.rope_scaling.validate()
         self._validate_layers()
         self._validate_family()
+        self._validate_moe()
         return self
 
     def _validate_layers(self) -> None:
@@ -287,6 +311,64 @@ class OmniCoderConfig:
             for name, bad in refused.items():
                 if bad:
                     raise OmniCoderError(f"config {name} is not supported with mla; reset it to its default")
+
+    def _validate_moe(self) -> None:
+        """The MoE fields: all at their defaults for a dense model, consistent shapes and routing otherwise."""
+        if self.moe_experts == 0:
+            defaults = OmniCoderConfig()
+            changed = [
+                f.name
+                for f in fields(self)
+                if f.name.startswith("moe_")
+                and f.name != "moe_aux_loss_coef"
+                and getattr(self, f.name) != getattr(defaults, f.name)
+            ]
+            if changed:
+                raise OmniCoderError(f"config {changed[0]} is set but moe_experts is 0; set moe_experts or reset it")
+            return
+        if self.moe_experts < 0 or not 1 <= self.moe_top_k <= self.moe_experts:
+            raise OmniCoderError(
+                f"config moe_top_k must be in [1, moe_experts={self.moe_experts}], got {self.moe_top_k}"
+            )
+        if self.moe_hidden <= 0 or self.moe_shared_hidden < 0:
+            raise OmniCoderError("config moe_hidden must be > 0 and moe_shared_hidden >= 0 (0: no shared expert)")
+        if self.moe_gating not in MOE_GATINGS:
+            raise OmniCoderError(
+                f"config moe_gating {self.moe_gating!r} is unknown; use one of {', '.join(MOE_GATINGS)}"
+            )
+        if self.moe_routed_scale <= 0 or self.moe_aux_loss_coef < 0:
+            raise OmniCoderError("config moe_routed_scale must be > 0 and moe_aux_loss_coef >= 0")
+        if self.moe_shared_gate and not self.moe_shared_hidden:
+            raise OmniCoderError("config moe_shared_gate needs a shared expert; set moe_shared_hidden > 0")
+        self._validate_moe_groups()
+        if len(set(self.moe_dense_layers)) != len(self.moe_dense_layers):
+            raise OmniCoderError("config moe_dense_layers lists a layer twice; list each layer once")
+        for index in self.moe_dense_layers:
+            if not 0 <= index < self.n_layers:
+                raise OmniCoderError(
+                    f"config moe_dense_layers entry {index} is not a layer index (0..{self.n_layers - 1})"
+                )
+
+    def _validate_moe_groups(self) -> None:
+        if self.moe_n_group <= 1:
+            if self.moe_n_group < 0 or self.moe_topk_group not in (0, self.moe_n_group):
+                raise OmniCoderError("config moe_topk_group needs moe_n_group > 1 (group-limited routing); reset it")
+            return
+        per_group = self.moe_experts // self.moe_n_group
+        if self.moe_experts % self.moe_n_group or (self.moe_gating == "sigmoid" and per_group < 2):
+            raise OmniCoderError(
+                f"config moe_n_group {self.moe_n_group} must divide moe_experts {self.moe_experts}"
+                + (" into groups of at least 2 (sigmoid gating ranks groups by their top-2)" if per_group else "")
+            )
+        if not 1 <= self.moe_topk_group <= self.moe_n_group or self.moe_top_k > self.moe_topk_group * per_group:
+            raise OmniCoderError(
+                f"config moe_topk_group must be in [1, moe_n_group] and keep at least moe_top_k experts eligible, "
+                f"got {self.moe_topk_group}"
+            )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` has the MoE feed-forward (moe_experts > 0 and not in moe_dense_layers)."""
+        return self.moe_experts > 0 and layer not in self.moe_dense_layers
 
     # -- per-layer settings ----------------------------------------------------------------------
     @property

@@ -22,6 +22,7 @@ from omnicoder.attention import AttentionResult, make_attention
 from omnicoder.config import OmniCoderConfig, RopeScaling
 from omnicoder.kv_slot import KVSlot, LayerKV, as_slot
 from omnicoder.layers import GatedMLP, RMSNorm
+from omnicoder.moe import MoEFeedForward
 from omnicoder.rope import RotaryEmbedding, make_rotary
 
 RETENTION_CLASSES = ("keep", "compress", "drop")
@@ -49,7 +50,8 @@ def _apply(norm: RMSNorm | None, x: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """One decoder layer. Norms by placement: "pre" attn_norm / mlp_norm on the sublayer inputs; "sandwich" those
     plus attn_post_norm / mlp_post_norm on the sublayer outputs; "post" the output norms only. The sublayer output
-    is scaled by residual_multiplier (when not 1) before it joins the residual stream."""
+    is scaled by residual_multiplier (when not 1) before it joins the residual stream. The feed-forward `mlp` is a
+    GatedMLP, or a MoEFeedForward on the layers config.is_moe_layer names."""
 
     def __init__(self, config: OmniCoderConfig, layer: int = 0) -> None:
         super().__init__()
@@ -58,7 +60,8 @@ class Block(nn.Module):
         self.attn = make_attention(c, layer)
         self.attn_post_norm = _norm(c, c.norm_placement != "pre")
         self.mlp_norm = _norm(c, c.norm_placement != "post")
-        self.mlp = GatedMLP(c.d_model, c.mlp_hidden, c.mlp_activation)
+        # the feed-forward: the sparse MoE one (omnicoder.moe) on MoE layers, the dense gated MLP otherwise
+        self.mlp = MoEFeedForward(c) if c.is_moe_layer(layer) else GatedMLP(c.d_model, c.mlp_hidden, c.mlp_activation)
         self.mlp_post_norm = _norm(c, c.norm_placement != "pre")
         self.residual_multiplier = c.residual_multiplier
 

@@ -1,5 +1,7 @@
-"""Training: AdamW, linear warmup + cosine decay, gradient clipping, LM loss plus the MTP heads' losses,
-periodic held-out evaluation, resumable safetensors checkpoints (model + optimizer; no pickle).
+"""Training: AdamW, linear warmup + cosine decay, gradient clipping, LM loss plus the MTP heads' losses (and, for
+mixture-of-experts models, config.moe_aux_loss_coef times the routers' load-balancing loss; DeepSeek-style choice
+biases nudged after each step by TrainArgs.moe_bias_rate), periodic held-out evaluation, resumable safetensors
+checkpoints (model + optimizer; no pickle).
 
 A run directory holds `config.json`, `checkpoint/` (model.safetensors, optimizer.safetensors,
 trainer_state.json) and, when finished, `model/` (config.json + model.safetensors, ready to load).
@@ -25,6 +27,7 @@ from omnicoder.errors import OmniCoderError
 from omnicoder.evaluate import bits_per_byte
 from omnicoder.fsutil import atomic_directory
 from omnicoder.model import OmniCoder
+from omnicoder.moe import moe_aux_loss, update_score_bias
 from omnicoder.weights import load_state, save_model, state_dict_for_saving
 
 
@@ -39,6 +42,7 @@ class TrainArgs:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     mtp_weight: float = 0.3
+    moe_bias_rate: float = 0.001  # MoE layers with moe_score_bias: bias step per update (aux-loss-free balancing)
     eval_every: int = 250
     eval_bytes: int = 65536
     save_every: int = 250
@@ -59,7 +63,8 @@ def lr_at(step: int, args: TrainArgs) -> float:
 def training_loss(
     model: OmniCoder, batch: torch.Tensor, seq_len: int, mtp_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM loss on next tokens plus `mtp_weight` times each MTP head's loss; returns (total, lm)."""
+    """LM loss on next tokens plus `mtp_weight` times each MTP head's loss, plus config.moe_aux_loss_coef times the
+    MoE layers' mean load-balancing loss (model in training mode); returns (total, lm)."""
     b = batch.shape[0]
     inputs = batch[:, :seq_len]
     out = model(inputs, torch.arange(seq_len).expand(b, seq_len))
@@ -71,6 +76,9 @@ def training_loss(
             pred = out.mtp_logits[:, : seq_len - 1 - k, k].reshape(-1, vocab)
             target = batch[:, 2 + k : seq_len + 1].reshape(-1)
             total = total + mtp_weight * F.cross_entropy(pred, target)
+    aux = moe_aux_loss(model)
+    if aux is not None and model.config.moe_aux_loss_coef > 0:
+        total = total + model.config.moe_aux_loss_coef * aux
     return total, lm
 
 
@@ -152,6 +160,7 @@ def train(config: OmniCoderConfig, run_dir: str | Path, args: TrainArgs, progres
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
+        update_score_bias(model, args.moe_bias_rate)
         opt.zero_grad(set_to_none=True)
         step += 1
         state["tokens"] += args.batch_size * args.seq_len
