@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from omnicoder.runtimes.kv_format import ELEMENT_BYTES, KV_DTYPES, QUANT_GROUP, row_bytes
+from omnicoder.runtimes.kv_window import SLACK
 
 from omnicoder.errors import OmniCoderError
 
@@ -19,6 +20,7 @@ MB = 1 << 20
 # omnicoder-tiny they cost quality (a fetched page sits at a RoPE distance past the trained context; measured in
 # docs/benchmarks.md). Raise it (4 is typical) for models trained on long contexts.
 MAX_PREDICTED_PAGES = 0
+CONTEXT_UNBOUNDED = 1 << 24  # max_context when every layer attends a window (the bundle schema's context bound)
 
 
 def _per_layer(sidecar: dict, scalar: str, listed: str) -> list[int]:
@@ -70,30 +72,58 @@ def bytes_per_token_per_layer(sidecar: dict, kv_dtype: str | None = None) -> lis
 
 @dataclass(frozen=True)
 class PageBudget:
-    """What a paged KV cache holds per page, for one KV dtype (PageBudget in the app cores)."""
+    """What a paged KV cache holds per page, for one KV dtype (PageBudget in the app cores).
+
+    `windows` (the manifest's graph.kv.windows; empty: none) are per-layer sliding windows: the runner then keeps
+    at most `window - 1 + 2 * SLACK` rows of such a layer (runtimes/kv_window.py), which `bytes_at` counts."""
 
     kv_dtype: str
     page_len: int
     n_layers: int
     bytes_per_token: float  # all layers
     page_bytes: int
+    layer_bytes: tuple[float, ...] = ()  # per layer, bytes per token (with windows)
+    windows: tuple[int, ...] = ()
 
     @classmethod
-    def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None) -> PageBudget:
+    def from_sidecar(cls, sidecar: dict, kv_dtype: str | None = None, windows: list[int] | None = None) -> PageBudget:
         per_layer, page_len = bytes_per_token_per_layer(sidecar, kv_dtype), sidecar["page_len"]
         dtype, per_token = kv_dtype or sidecar.get("kv_dtype", "fp32"), sum(per_layer)
-        return cls(dtype, page_len, len(per_layer), per_token, math.ceil(page_len * per_token))
+        held = tuple(per_layer) if windows and any(windows) else ()
+        return cls(
+            dtype,
+            page_len,
+            len(per_layer),
+            per_token,
+            math.ceil(page_len * per_token),
+            held,
+            tuple(windows or ()) if held else (),
+        )
 
     def pages(self, context: int) -> int:
         return math.ceil(context / self.page_len)
 
+    def _window_rows(self, window: int) -> int:
+        return window - 1 + 2 * SLACK
+
     def bytes_at(self, context: int) -> int:
-        """KV bytes a paged cache holds for `context` tokens (whole pages)."""
-        return self.pages(context) * self.page_bytes
+        """KV bytes held for `context` tokens: whole pages, or with windows the rows each layer keeps at most."""
+        if not self.windows:
+            return self.pages(context) * self.page_bytes
+        rows = [min(context, self._window_rows(w)) if w else context for w in self.windows]
+        return math.ceil(sum(b * r for b, r in zip(self.layer_bytes, rows, strict=True)))
 
     def max_context(self, budget_bytes: float) -> int:
         """The longest context (whole pages) whose KV fits in `budget_bytes`."""
-        return max(0, int(budget_bytes // self.page_bytes)) * self.page_len if self.page_bytes else 0
+        if not self.page_bytes:
+            return 0
+        if not self.windows:
+            return max(0, int(budget_bytes // self.page_bytes)) * self.page_len
+        full = sum(b for b, w in zip(self.layer_bytes, self.windows, strict=True) if not w)
+        fixed = sum(b * self._window_rows(w) for b, w in zip(self.layer_bytes, self.windows, strict=True) if w)
+        if not full:  # every layer windowed: any context fits once the windows do
+            return CONTEXT_UNBOUNDED if budget_bytes >= fixed else 0
+        return max(0, int((budget_bytes - fixed) // (full * self.page_len))) * self.page_len
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.budget_mb > 0:
         raise OmniCoderError(f"--budget-mb must be a positive number of MB, got {args.budget_mb:g}")
     bundle, sidecar, context = open_for_sizes(args.bundle, args.context)
-    layout = PageBudget.from_sidecar(sidecar)
+    layout = PageBudget.from_sidecar(sidecar, windows=bundle.graph["kv"].get("windows"))
     plan = plan_paging(layout, context, int(args.budget_mb * MB), bundle.model["context_length"])
     reason = unfit_reason(sidecar, layout, plan, context, args.budget_mb, bundle.model["context_length"])
     need = layout.bytes_at(bundle.model["context_length"])

@@ -52,7 +52,8 @@ def overhead_bytes(document: dict, device: dict, weights: int) -> tuple[int, dic
 def check(bundle, sidecar: dict, document: dict, device_name: str, context: int) -> dict:
     """Every figure of the check, in bytes."""
     device = device_of(document, device_name)
-    layout = PageBudget.from_sidecar(sidecar)
+    windows = bundle.graph["kv"].get("windows")
+    layout = PageBudget.from_sidecar(sidecar, windows=windows)
     weights = weights_bytes(bundle.manifest)
     overhead, overhead_rule = overhead_bytes(document, device, weights)
     limit = app_limit_bytes(device)
@@ -64,7 +65,7 @@ def check(bundle, sidecar: dict, document: dict, device_name: str, context: int)
     alternatives = {}
     for dtype in KV_DTYPES[2:]:  # u8, nf4
         if dtype != layout.kv_dtype:
-            other = PageBudget.from_sidecar(sidecar, dtype)
+            other = PageBudget.from_sidecar(sidecar, dtype, windows)
             alternatives[dtype] = {
                 "kv_bytes": other.bytes_at(context),
                 "total_bytes": weights + other.bytes_at(context) + overhead,

@@ -106,3 +106,51 @@ def test_onnx_runner_keeps_windows_and_matches_the_full_cache(tmp_path):
         spec, [5, 6, 7, 5, 6, 7, 5, 6], 40, greedy, 257, None, Speculation(spec, greedy, 2, 0, "ngram")
     )
     assert got == generate_ids(full, [5, 6, 7, 5, 6, 7, 5, 6], 40, greedy, 257)[0]
+
+
+def test_budget_tools_count_windows_as_the_runner_holds_them(tmp_path, capsys):
+    """omnicoder-kv-budget and omnicoder-mobile-check count a sliding layer's rows as the runner keeps them."""
+    import json
+
+    import torch
+    from omnicoder.runtimes import kv_budget_enforce, mobile_budget_check
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.kv_budget import MB, PageBudget
+    from omnicoder.runtimes.kv_window import SLACK
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
+
+    from omnicoder.model import OmniCoder
+    from tests.conftest import export_bundle
+    from tests.family_support import family_config
+
+    torch.manual_seed(0)
+    export_bundle(OmniCoder(family_config(max_seq_len=512)).eval(), tmp_path / "b", weights="fp32")
+    bundle = open_bundle(tmp_path / "b")
+    backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)))
+    context = 400
+    ids = [int(t) for t in np.random.default_rng(0).integers(0, 256, context)]
+    for start in range(0, context, 50):
+        backend.step(ids[start : start + 50], list(range(start, start + 50)))
+    held = backend.cache.nbytes()
+
+    budget = PageBudget.from_sidecar(bundle.sidecar("kv_paging"), windows=bundle.graph["kv"]["windows"])
+    full = PageBudget.from_sidecar(bundle.sidecar("kv_paging"))
+    per_window_layer = budget.layer_bytes[0]
+    assert held <= budget.bytes_at(context) <= held + 2 * SLACK * per_window_layer  # the peak between two cuts
+    assert budget.bytes_at(context) < 0.7 * full.bytes_at(context)
+
+    assert (
+        mobile_budget_check.main(["--bundle", str(tmp_path / "b"), "--device", "pixel-8", "--context", "400", "--json"])
+        == 0
+    )
+    mobile = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert mobile["kv_bytes"] == budget.bytes_at(context)
+    mb_needed = budget.bytes_at(context) / MB
+    args = ["--bundle", str(tmp_path / "b"), "--context", "400", "--json", "--budget-mb"]
+    assert kv_budget_enforce.main([*args, f"{mb_needed * 1.01:.6f}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["plan"]["fits_whole"]
+    kv_budget_enforce.main([*args, f"{mb_needed * 0.9:.6f}"])
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["plan"]
+    assert plan is None or not plan["fits_whole"]
+    assert budget.max_context(budget.bytes_at(context)) >= context - budget.page_len
