@@ -58,12 +58,13 @@ def main() -> None:
     args = p.parse_args()
 
     from omnicoder.export.onnx_export import OnnxExportOptions, export_onnx_bundle
-    from omnicoder.hf_import import model_from_hf
     from omnicoder.runtimes.bundle import open_bundle
     from omnicoder.runtimes.graph_backend import GraphBackend
     from omnicoder.runtimes.kv_cache import ContiguousKVCache
     from omnicoder.runtimes.kv_window import SLACK, WindowedKVCache
     from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
+
+    from omnicoder.hf_import import model_from_hf
     from omnicoder.tokenizer import ByteTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,8 +73,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         type=int_in(0, 64),
         default=0,
         metavar="K",
-        help="draft K tokens per step with the MTP heads, verified in one call (0: off); greedy output equals plain "
+        help="draft up to K tokens per call (--draft), verified in one call (0: off); greedy output equals plain "
         "decoding's only with fp32/fp16 weights and an fp32 KV cache",
+    )
+    p.add_argument(
+        "--draft",
+        choices=("mtp", "ngram"),
+        help="--speculative's drafter: the model's MTP heads, or prompt lookup (n-grams of the prompt and the "
+        "output; any model, best where the answer reuses the input). Default: mtp when the model has MTP heads",
     )
     p.add_argument("--temperature", type=float_in(0.0, 1e6), default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=COUNT, default=0, help="0 means no limit")

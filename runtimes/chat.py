@@ -70,6 +70,7 @@ class ChatSession:
         sampler: Sampler,
         on_text: Callable[[str], None] | None = None,
         speculative: int = 0,
+        draft: str | None = None,
     ) -> tuple[str, GenerationStats]:
         """Answer one user message; streams the reply's text to on_text and returns it with the turn's stats."""
         messages = [*self.messages, {"role": "user", "content": user}]
@@ -86,7 +87,16 @@ class ChatSession:
         if speculative and self.cached:
             raise OmniCoderError("--speculative drafts only a chat's first turn; drop it for a multi-turn chat")
         reply, out, stats = decode_text(
-            self.backend, self.tokenizer, new, max_new_tokens, sampler, self.stop_ids, on_text, speculative, fresh=False
+            self.backend,
+            self.tokenizer,
+            new,
+            max_new_tokens,
+            sampler,
+            self.stop_ids,
+            on_text,
+            speculative,
+            False,
+            draft,
         )
         self.cached = [*self.cached, *new, *out][: self.backend.cache_length]
         self.reply_ids = out

@@ -106,7 +106,8 @@ def run_chat(args: argparse.Namespace, prompt: str | None, backend, tokenizer, s
     session = ChatSession(backend, tokenizer, args.system, missing)
     speculative = getattr(args, "speculative", 0) or 0
     if prompt is not None:
-        _, stats = session.turn(prompt, args.max_new_tokens, sampler, on_text=write, speculative=speculative)
+        draft = getattr(args, "draft", None)
+        _, stats = session.turn(prompt, args.max_new_tokens, sampler, write, speculative, draft)
         print_stats(args, stats)
         return 0
     while (user := _read_turn()) is not None:

@@ -165,13 +165,16 @@ def generate_text(
     sampler: Sampler,
     on_text: Callable[[str], None] | None = None,
     speculative: int = 0,
+    draft: str | None = None,
 ) -> tuple[str, GenerationStats]:
     """Generate a completion of `prompt`, streaming decoded text pieces to on_text.
 
-    speculative > 0 drafts that many tokens per step with the MTP heads (`runtimes.speculative`)."""
+    speculative > 0 drafts up to that many tokens per call with `draft` ("mtp" or "ngram"; `runtimes.speculative`)."""
     prompt_ids = tokenizer.encode(prompt, add_bos=getattr(tokenizer, "add_bos", True))
     stops = getattr(tokenizer, "stop_ids", [tokenizer.eos_id])
-    text, _, stats = decode_text(backend, tokenizer, prompt_ids, max_new_tokens, sampler, stops, on_text, speculative)
+    text, _, stats = decode_text(
+        backend, tokenizer, prompt_ids, max_new_tokens, sampler, stops, on_text, speculative, draft=draft
+    )
     return text, stats
 
 
@@ -185,6 +188,7 @@ def decode_text(
     on_text: Callable[[str], None] | None = None,
     speculative: int = 0,
     fresh: bool = True,
+    draft: str | None = None,
 ) -> tuple[str, list[int], GenerationStats]:
     """`generate_ids` (`continue_ids` unless `fresh`) with the new tokens decoded as they come, each text piece
     streamed to on_text: (text, token ids, stats)."""
@@ -200,7 +204,7 @@ def decode_text(
     if speculative:
         from omnicoder.runtimes.speculative import Speculation
 
-        strategy = Speculation(backend, sampler, speculative)
+        strategy = Speculation(backend, sampler, speculative, drafter=draft)
     run = generate_ids if fresh else continue_ids
     out, stats = run(backend, ids, max_new_tokens, sampler, stops, lambda token: emit(decoder.push(token)), strategy)
     emit(decoder.flush())

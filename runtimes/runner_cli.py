@@ -152,6 +152,6 @@ def run(args, make_backend: Callable) -> int:
             print(note, file=sys.stderr)
     if chat:
         return run_chat(args, prompt, backend, tokenizer, sampler, "bundle")
-    _, stats = generate_text(backend, tokenizer, prompt, args.max_new_tokens, sampler, write, speculative)
+    _, stats = generate_text(backend, tokenizer, prompt, args.max_new_tokens, sampler, write, speculative, args.draft)
     print_stats(args, stats)
     return 0

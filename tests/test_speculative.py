@@ -407,3 +407,15 @@ def test_speculative_rejects_an_unknown_drafter() -> None:
     model = OmniCoder(preset("test-gqa")).eval()
     with pytest.raises(OmniCoderError, match="--draft 'beam' is unknown"):
         Speculation(TorchBackend(model), Sampler(SamplingParams(temperature=0)), 2, drafter="beam")
+
+
+def test_onnx_runner_ngram_drafts(bundles, capsys) -> None:
+    from omnicoder.runtimes.onnx_decode_generate import main
+
+    prompt = "def f(x):\n    return x\n\ndef f(x):\n    return x\n\ndef f("
+    args = ["--bundle", str(bundles["gqa-fp32"][2]), "--prompt", prompt, "--max-new-tokens", "40", "--temperature", "0"]
+    assert main(args) == 0
+    plain = capsys.readouterr()
+    assert main([*args, "--speculative", "6", "--draft", "ngram"]) == 0
+    fast = capsys.readouterr()
+    assert fast.out == plain.out and "drafts accepted" in fast.err

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = TorchBackend(model)
     if chat:
         return run_chat(args, prompt, backend, tokenizer, sampler, "model")
-    _, stats = generate_text(backend, tokenizer, prompt, args.max_new_tokens, sampler, write, args.speculative)
+    _, stats = generate_text(
+        backend, tokenizer, prompt, args.max_new_tokens, sampler, write, args.speculative, args.draft
+    )
     print_stats(args, stats)  # no --json here: a newline on a terminal keeps piped output exactly the text
     return 0
 
