@@ -1,6 +1,6 @@
 import Foundation
 
-/// Names, widths and dtypes of a bundle's KV tensors from the manifest's graph.kv (runtimes/kv_layout.py KVLayout).
+/// Names, widths and dtypes of a bundle's KV tensors from the manifest's graph.kv (runtimes/kv_format.py KVLayout).
 public struct KvLayout {
     public let heads: Int
     public let keyDim: Int

@@ -3,7 +3,7 @@ package ai.omnicoder.core
 import org.json.JSONArray
 import org.json.JSONObject
 
-/** Names, widths and dtypes of a bundle's KV tensors from the manifest's graph.kv (runtimes/kv_layout.py KVLayout). */
+/** Names, widths and dtypes of a bundle's KV tensors from the manifest's graph.kv (runtimes/kv_format.py KVLayout). */
 class KvLayout(kv: JSONObject, nLayers: Int) {
     val heads: Int = kv.getInt("heads")
     val keyDim: Int = kv.getInt("key_dim")
