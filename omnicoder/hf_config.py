@@ -1,8 +1,10 @@
 """Hugging Face config.json -> OmniCoderConfig, per family (torch-free).
 
 Families: Llama, Mistral, Qwen2, Qwen3, Phi-3 (Phi-3.5 / Phi-4-mini: partial rotary, longrope), Gemma 2,
-Gemma 3 text, Granite 3.x, SmolLM3, OLMo 2. RoPE comes from omnicoder.hf_rope (both transformers
-generations). Anything the core cannot compute is refused with one line naming the missing feature.
+Gemma 3 text, Granite 3.x, SmolLM3, OLMo 2, and the mixture-of-experts families Qwen2-MoE, Qwen3-MoE, OLMoE,
+Granite-MoE, Mixtral, DeepSeek-V2/V3 (their routing and DeepSeek's MLA: omnicoder.hf_moe). RoPE comes from
+omnicoder.hf_rope (both transformers generations). Anything the core cannot compute is refused with one line
+naming the missing feature.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
+from omnicoder.hf_moe import DEEPSEEK, deepseek_attention, moe_fields, without_mla_rope_keys
 from omnicoder.hf_rope import LAYER_TYPES, read_rope
 
 
@@ -30,6 +33,7 @@ class Family:
     granite: bool = False  # embedding / residual / attention multipliers, logits_scaling
     nope: bool = False  # SmolLM3's no_rope_layers
     tie: bool = False  # transformers' default tie_word_embeddings (save_pretrained omits it when True and default)
+    moe: bool = False  # sparse mixture-of-experts layers (omnicoder.hf_moe)
 
 
 FAMILIES = {
@@ -51,6 +55,13 @@ FAMILIES = {
     "granite": Family(granite=True),
     "smollm3": Family(theta=2_000_000.0, window="types_if_enabled", nope=True, tie=True),
     "olmo2": Family(qk_norm="projection", norm_placement="post"),
+    "qwen2_moe": Family(qkv_bias=True, moe=True),
+    "qwen3_moe": Family(qk_norm="head", window="all", moe=True),
+    "olmoe": Family(qk_norm="projection", moe=True),
+    "granitemoe": Family(granite=True, moe=True),
+    "mixtral": Family(theta=1_000_000.0, window="all", moe=True),
+    "deepseek_v2": Family(moe=True),
+    "deepseek_v3": Family(moe=True),
 }
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -63,6 +74,13 @@ ARCHITECTURES = {
     "GraniteForCausalLM": "granite",
     "SmolLM3ForCausalLM": "smollm3",
     "Olmo2ForCausalLM": "olmo2",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "OlmoeForCausalLM": "olmoe",
+    "GraniteMoeForCausalLM": "granitemoe",
+    "MixtralForCausalLM": "mixtral",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 # families people ask for that the core cannot compute yet: the missing feature, not only the class
 REFUSED = {
@@ -77,7 +95,10 @@ REFUSED = {
     "Lfm2ForCausalLM": "short-convolution layers (a hybrid, not a pure attention decoder)",
     "Phi3SmallForCausalLM": "block-sparse attention and a GEGLU MLP",
     "PhiForCausalLM": "parallel blocks with LayerNorm and a non-gated MLP",
-    "GraniteMoeForCausalLM": "mixture-of-experts layers",
+    "GraniteMoeSharedForCausalLM": "Granite-MoE's shared MLP (shared_intermediate_size; GraniteMoe is supported)",
+    "GraniteMoeHybridForCausalLM": "Mamba-2 layers (a hybrid, not a pure attention decoder)",
+    "PhimoeForCausalLM": "sparsemixer routing and LayerNorm with bias",
+    "JetMoeForCausalLM": "mixture-of-attention-heads layers",
 }
 MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -85,10 +106,16 @@ ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 def family_of(hf: dict[str, Any]) -> str:
     """The supported family of an HF config, or a one-line error naming what is missing."""
-    if any(hf.get(name) for name in MOE_FIELDS):
+    family = _named_family(hf)
+    if not FAMILIES[family].moe and any(hf.get(name) for name in MOE_FIELDS):
         raise OmniCoderError(
-            "mixture-of-experts checkpoints are not supported by hf: import (the core has dense MLPs only)"
+            f"mixture-of-experts fields in a {family} config.json are not supported by hf: import (MoE families: "
+            f"{', '.join(name for name, f in FAMILIES.items() if f.moe)})"
         )
+    return family
+
+
+def _named_family(hf: dict[str, Any]) -> str:
     architectures = hf.get("architectures") or []
     for arch in architectures:
         if arch in ARCHITECTURES:
@@ -232,7 +259,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "hf-model") -> OmniCoderConfi
         raise OmniCoderError(f"config.json lacks {', '.join(missing)}; it is not a Llama-family config")
     heads, d_model, n_layers = int(hf["num_attention_heads"]), int(hf["hidden_size"]), int(hf["num_hidden_layers"])
     head_dim = int(hf.get("head_dim") or d_model // heads)
-    rope = read_rope(hf, family.theta, family.local_theta)
+    rope = read_rope(without_mla_rope_keys(hf, family_name), family.theta, family.local_theta)
     types, window = layer_types(hf, family_name, n_layers)
     eos = _token_id(hf.get("eos_token_id"), 0)
     bos = _token_id(hf.get("bos_token_id"), eos)
@@ -243,6 +270,13 @@ def config_from_hf(hf: dict[str, Any], name: str = "hf-model") -> OmniCoderConfi
         fields.update(_granite_fields(hf))
     if family.nope:
         fields["nope_layers"] = _nope_layers(hf, n_layers)
+    if family.moe:
+        fields.update(moe_fields(hf, family_name, n_layers))
+    attention: dict[str, Any] = {"attention": "gqa", "head_dim": head_dim}
+    if family_name in DEEPSEEK:
+        attention = deepseek_attention(hf, family_name)
+    elif family_name == "qwen2_moe":  # Qwen2-MoE names its q/k/v biases qkv_bias
+        fields["attention_bias"] = bool(hf.get("qkv_bias", True))
     sliding = "sliding_attention" in types or (window > 0 and not types)
     return OmniCoderConfig(
         name=name,
@@ -251,9 +285,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "hf-model") -> OmniCoderConfi
         n_layers=n_layers,
         n_heads=heads,
         n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=head_dim,
         mlp_hidden=int(hf["intermediate_size"]),
-        attention="gqa",
         rope_theta=rope.theta,
         rope_scaling=rope.scaling,
         rope_local_theta=rope.local_theta if sliding else 0.0,
@@ -265,12 +297,13 @@ def config_from_hf(hf: dict[str, Any], name: str = "hf-model") -> OmniCoderConfi
         norm_placement=family.norm_placement,
         mlp_activation=activation,
         tie_embeddings=bool(hf.get("tie_word_embeddings", family.tie)),
-        attention_bias=family.qkv_bias,
+        attention_bias=fields.pop("attention_bias", family.qkv_bias),
         sliding_window=window,
         layer_types=types,
         bos_id=bos,
         eos_id=eos,
         pad_id=_token_id(hf.get("pad_token_id"), eos),
         tokenizer="hf",
+        **attention,
         **fields,
     ).validate()

@@ -19,6 +19,7 @@ from omnicoder.config import OmniCoderConfig
 from omnicoder.errors import OmniCoderError
 from omnicoder.hf_config import ARCHITECTURES, FAMILIES, config_from_hf, family_of
 from omnicoder.hf_families import convert_state
+from omnicoder.hf_moe import rope_interleaved
 from omnicoder.model import OmniCoder
 from omnicoder.tokenizer import HFTokenizer
 
@@ -83,15 +84,22 @@ def model_from_hf(path: Path) -> OmniCoder:
     """Build the OmniCoder of an HF directory with its weights (float32, eval mode)."""
     hf = read_hf_config(path)
     config = config_from_hf(hf, name=f"hf-{path.resolve().name}")
-    return model_from_state(config, load_hf_tensors(path), str(path), fold_norms=FAMILIES[family_of(hf)].gemma)
+    family = family_of(hf)
+    tensors = load_hf_tensors(path)
+    return model_from_state(config, tensors, str(path), FAMILIES[family].gemma, rope_interleaved(hf, family))
 
 
 def model_from_state(
-    config: OmniCoderConfig, tensors: dict[str, torch.Tensor], path: str, fold_norms: bool = False
+    config: OmniCoderConfig,
+    tensors: dict[str, torch.Tensor],
+    path: str,
+    fold_norms: bool = False,
+    rope_interleaved: bool = False,
 ) -> OmniCoder:
     """The OmniCoder of `config` with HF-named `tensors` (from `path`, named in errors), float32, eval mode.
-    fold_norms: the checkpoint's RMSNorms compute x * (1 + w) (Gemma)."""
-    state = convert_state(tensors, config, fold_norms)
+    fold_norms: the checkpoint's RMSNorms compute x * (1 + w) (Gemma); rope_interleaved: its MLA RoPE rotates
+    adjacent pairs (DeepSeek)."""
+    state = convert_state(tensors, config, fold_norms, rope_interleaved)
     model = OmniCoder(config)
     expected = model.state_dict()
     wanted = set(expected) - ({"lm_head.weight"} if config.tie_embeddings else set())
