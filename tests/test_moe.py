@@ -251,3 +251,32 @@ def test_moe_config_round_trip(tmp_path):
 def test_bad_moe_configs_are_refused(changes, message):
     with pytest.raises(OmniCoderError, match=message):
         moe_config(**changes)
+
+
+@pytest.mark.parametrize("form", ["gather", "dense"])
+def test_gather_and_dense_forms_trace_with_a_dynamic_sequence(form):
+    """The exporters' seam: both forms trace with torch.export (standard ops, no data-dependent shapes)."""
+    layer = _layer(GATINGS["sigmoid-groups"])
+    layer.form = form
+    seq = torch.export.Dim("seq", min=1, max=64)
+    program = torch.export.export(layer, (torch.randn(1, 5, 32),), dynamic_shapes=({1: seq},), strict=False)
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():
+        expected = layer(x)
+    assert (program.module()(x) - expected).abs().max().item() < 1e-5
+
+
+def test_save_and_load_keep_the_experts_and_the_choice_bias(tmp_path):
+    from omnicoder.weights import load_model, save_model
+
+    torch.manual_seed(0)
+    model = OmniCoder(moe_config(**GATINGS["sigmoid-groups"])).eval()
+    with torch.no_grad():
+        moe_layers(model)[0].router.score_bias.uniform_(-0.1, 0.1)
+    save_model(model, tmp_path / "moe")
+    loaded = load_model(tmp_path / "moe")
+    ids = torch.randint(0, 256, (1, 7))
+    positions = torch.arange(7).expand(1, 7)
+    with torch.no_grad():
+        assert (model(ids, positions).logits - loaded(ids, positions).logits).abs().max().item() < 1e-6
+    assert torch.allclose(moe_layers(loaded)[0].router.score_bias, moe_layers(model)[0].router.score_bias)
