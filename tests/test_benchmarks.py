@@ -145,3 +145,54 @@ def test_peers_real_report_from_recorded_run(capsys):
     assert all(name in printed for name in [*peers_real.ONNX_ENGINES, *peers_real.LLAMA_ENGINES])
     verdicts = [line.rsplit(": ", 1)[1] for line in printed.splitlines() if line.startswith("goal: ")]
     assert len(verdicts) == 4 and set(verdicts) <= {"met", "missed"}
+
+
+@pytest.mark.slow
+def test_speculative_peers_worker_summary_and_report(tmp_path, capsys):
+    """The speculative peers bench on a tiny fp32 bundle: our worker (plain vs n-gram drafts, equal outputs), a
+    llama.cpp-style log parsed, the table, goal verdicts, report and plot (the real run needs the peers)."""
+    import torch
+
+    from omnicoder.model import OmniCoder
+    from omnicoder.presets import gqa_test_config
+    from tests.conftest import export_bundle
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import speculative_peers as sp
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    export_bundle(OmniCoder(gqa_test_config()).eval(), tmp_path / "b", weights="fp32")
+    motif = list(b"def add(a, b):\n    return a + b\n")
+    prompts = {
+        "code_completion": {"kind": "input-grounded", "ids": motif * 3, "max_new_tokens": 24, "stop_ids": [257]},
+        "free_text": {"kind": "free", "ids": list(b"Once upon a time"), "max_new_tokens": 24, "stop_ids": [257]},
+    }
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speculative_peers.py"), "--worker", "ours"]
+    cmd += ["--path", str(tmp_path / "b"), "--threads", "1", "--prompts", str(tmp_path / "prompts.json"), "--ks", "4"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    result = json.loads(out.split("RESULT ", 1)[1])
+    assert result.pop("tie_margin") > 0 and result.pop("caveats") == []
+    for rows in result.values():
+        assert rows["ngram-k4"]["tokens"] == rows["plain"]["tokens"]  # fp32: speculative == plain greedy
+        assert rows["ngram-k4"]["model_calls"] <= rows["plain"]["model_calls"]
+    err = "encoded   96 tokens in    0.100 seconds, speed: 960.0 t/s\ndecoded   25 tokens in    0.250 seconds"
+    llama = {}
+    for mode, drafted in (("plain", 0), ("lookup-k4", 12)):
+        counters = f"n_drafted    = {drafted}\nn_accept     = {drafted // 2}\n"
+        llama[mode] = sp.parse_llama("prompt text" + " x" * 25, f"{err}, speed: 100.0 t/s\n{counters}", "prompt text")
+    assert llama["lookup-k4"]["model_calls"] == 19 and llama["plain"]["text"] == " x" * 25
+    runs = {"ours-int4": result, "llamacpp-q4_1": {name: llama for name in prompts}}  # one round each
+    samples = {1: {engine: {w: {m: [row] for m, row in rows.items()} for w, rows in by_workload.items()}
+                   for engine, by_workload in runs.items()}}  # fmt: skip
+    table = sp.summarize(samples, prompts)
+    verdicts = sp.goals(table, samples, prompts, [4])
+    assert {g["workload"] for g in verdicts if "met" in g} == {"code_completion", "free_text"}
+    assert table["1"]["code_completion"]["ours-int4 ngram-k4"]["equals_plain"] is True
+    sp.report({"table": table, "goals": verdicts})
+    printed = capsys.readouterr().out
+    assert "llamacpp-q4_1 lookup-k4" in printed and "goal [1t k=4 code_completion]" in printed
+    sp.plot({"table": table}, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
