@@ -5,6 +5,8 @@ first `sink_pages` pages, the pages of the last `window` tokens and up to `predi
 (by default Quest scores of the last call's queries, the graph's `query.{i}` outputs, against page key summaries).
 Positions stay absolute, so dropping pages never shifts RoPE. Pages beyond `ram_budget_bytes` spill to a
 memory-mapped file (oldest evictable first, never sinks or the window) and come back bit-identical.
+A sliding-window layer (`KVLayout.windows`) is fed only the pages of its last `window - 1` tokens, and its rows in
+pages older than that (and SLACK tokens for rollbacks) are dropped, as runtimes/kv_window.py does for the plain cache.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from omnicoder.runtimes.kv_cache import UNBOUNDED, KVCache, as_numpy, check_truncate
 from omnicoder.runtimes.kv_format import KVLayout, rotate
+from omnicoder.runtimes.kv_window import SLACK
 
 from omnicoder.errors import OmniCoderError
 
@@ -43,6 +46,7 @@ class Page:
     filled: int = 0
     arrays: dict[str, np.ndarray] | None = None  # resident rows by KV input name: [heads, page_len, width]
     slot: int = -1  # spill-file slot when spilled
+    dropped: set[str] = field(default_factory=set)  # sliding-window layers' inputs whose rows are gone
     summary_min: dict[str, np.ndarray] = field(default_factory=dict)  # per-channel min of the keys
     summary_max: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -106,7 +110,9 @@ class PagedKVCache(KVCache):
         widths = dict(zip(layout.inputs, layout.widths, strict=True))
         self._shapes = {name: (layout.heads, policy.page_len, w) for name, w in widths.items()}
         self._dtypes = dict(zip(layout.inputs, layout.dtypes, strict=True))
-        self.page_bytes = sum(self._dtypes[n].itemsize * math.prod(s) for n, s in self._shapes.items())
+        self._bytes = {n: self._dtypes[n].itemsize * math.prod(s) for n, s in self._shapes.items()}
+        self.page_bytes = sum(self._bytes.values())
+        self._windows = {n: w for n, w in zip(layout.inputs, layout.input_windows(), strict=True) if w > 0}
         self._key_names = [names[0] for names in layout.key_slots]  # summaries are keyed by the codes input
         self.spill: SpillFile | None = None
         self.reset()
@@ -129,7 +135,8 @@ class PagedKVCache(KVCache):
         self.attended = self.attended_pages()
         out = {}
         for name in self.layout.inputs:
-            parts = [self._page_arrays(i)[name][:, : self.pages[i].filled] for i in self.attended]
+            pages = self._window_tail(self._windows[name]) if name in self._windows else self.attended
+            parts = [self._page_arrays(i)[name][:, : self.pages[i].filled] for i in pages]
             heads, _, width = self._shapes[name]
             empty = np.zeros((heads, 0, width), self._dtypes[name])
             out[name] = (np.concatenate(parts, axis=1) if parts else empty)[None]
@@ -151,7 +158,25 @@ class PagedKVCache(KVCache):
             page.filled += take
             done += take
             self._length += take
+        self._drop_outside_windows()
         self._enforce_budget()
+
+    def _window_tail(self, window: int, margin: int = 0) -> list[int]:
+        """The pages holding the last `window - 1 + margin` tokens."""
+        first = self._length - (window - 1) - margin
+        return [i for i, p in enumerate(self.pages) if p.start + p.filled > first]
+
+    def _drop_outside_windows(self) -> None:
+        """Free a sliding-window layer's rows in resident pages it will never attend again (SLACK kept for
+        rollbacks); spilled pages stay on disk as they are."""
+        for name, window in self._windows.items():
+            first = self._length - (window - 1) - SLACK
+            for page in self.pages:
+                if page.start + page.filled > first:
+                    break
+                if page.arrays is not None and name not in page.dropped:
+                    page.arrays.pop(name)
+                    page.dropped.add(name)
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (speculative decoding's rollback). Page summaries stay valid bounds."""
@@ -167,7 +192,10 @@ class PagedKVCache(KVCache):
 
     def nbytes(self) -> int:
         """Resident KV bytes (pages in RAM, not spilled)."""
-        return sum(self.page_bytes for p in self.pages if p.arrays is not None)
+        return sum(self._page_bytes(p) for p in self.pages if p.arrays is not None)
+
+    def _page_bytes(self, page: Page) -> int:
+        return self.page_bytes - sum(self._bytes[n] for n in page.dropped)
 
     def context_limit(self, model_context: int) -> int:
         """With a window, positions run past the model's context (they stay absolute)."""
@@ -221,9 +249,11 @@ class PagedKVCache(KVCache):
     def _page_arrays(self, index: int) -> dict[str, np.ndarray]:
         page = self.pages[index]
         if page.arrays is None:  # spilled: bring it back
-            data = self.spill.read(page.slot, self.page_bytes)
+            data = self.spill.read(page.slot, self._page_bytes(page))
             page.arrays, offset = {}, 0
             for name, shape in self._shapes.items():
+                if name in page.dropped:
+                    continue
                 dtype = self._dtypes[name]
                 size = dtype.itemsize * math.prod(shape)
                 page.arrays[name] = np.frombuffer(data[offset : offset + size], dtype).reshape(shape).copy()
@@ -254,7 +284,9 @@ class PagedKVCache(KVCache):
                 continue
             if self.spill is None:
                 self.spill = SpillFile(self.page_bytes, self._spill_dir)
-            page.slot = self.spill.write(b"".join(page.arrays[n].tobytes() for n in self._shapes))
+            page.slot = self.spill.write(
+                b"".join(page.arrays[n].tobytes() for n in self._shapes if n not in page.dropped)
+            )
             page.arrays = None
 
     def spilled_pages(self) -> int:

@@ -154,3 +154,39 @@ def test_budget_tools_count_windows_as_the_runner_holds_them(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["plan"]
     assert plan is None or not plan["fits_whole"]
     assert budget.max_context(budget.bytes_at(context)) >= context - budget.page_len
+
+
+def test_paged_cache_feeds_and_keeps_windows(tmp_path):
+    """Paging: a sliding layer is fed its window's pages only and its older rows are dropped; same tokens."""
+    import torch
+    from omnicoder.runtimes.bundle import open_bundle
+    from omnicoder.runtimes.decode_loop import generate_ids
+    from omnicoder.runtimes.graph_backend import GraphBackend
+    from omnicoder.runtimes.kv_paging import PagingPolicy
+    from omnicoder.runtimes.onnx_session import OnnxProgram, create_session
+    from omnicoder.runtimes.sampling import Sampler, SamplingParams
+
+    from omnicoder.model import OmniCoder
+    from tests.conftest import export_bundle
+    from tests.family_support import family_config, spread_weights
+
+    torch.manual_seed(0)
+    export_bundle(spread_weights(OmniCoder(family_config(max_seq_len=512)).eval(), 0), tmp_path / "b", weights="fp32")
+    bundle = open_bundle(tmp_path / "b")
+    greedy = Sampler(SamplingParams(temperature=0))
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, 256, 150)]
+    runs = {}
+    for name, paging in (
+        ("plain", None),
+        ("paged", PagingPolicy(page_len=8)),
+        ("window", PagingPolicy(page_len=8, window=96)),
+        ("spilled", PagingPolicy(page_len=8, window=96, ram_budget_bytes=16 * 1024)),
+    ):
+        backend = GraphBackend(bundle, OnnxProgram(create_session(bundle, 1)), paging)
+        runs[name] = (generate_ids(backend, prompt, 120, greedy, 257)[0], backend.cache)
+    assert runs["paged"][0] == runs["plain"][0] and runs["spilled"][0] == runs["window"][0]  # spill is exact
+    paged = runs["paged"][1]
+    assert paged.nbytes() < 0.75 * len(paged.pages) * paged.page_bytes  # sliding layers' old rows dropped
+    assert runs["spilled"][1].spilled_pages() > 0
+    rows = {name: a.shape[2] for name, a in paged.feeds().items()}
+    assert rows["past_key_values.0.key"] < rows["past_key_values.1.key"] == paged.length
