@@ -196,8 +196,12 @@ def _write_config(directory, **fields):
         ({"partial_rotary_factor": 0.33}, "partial_rotary_factor 0.33 gives 5 rotated dims"),
         ({"hidden_size": None}, "lacks hidden_size"),
         (
-            {"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True, "sliding_window": 8,
-             "layer_types": ["full_attention", "chunked_attention"]},
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "use_sliding_window": True,
+                "sliding_window": 8,
+                "layer_types": ["full_attention", "chunked_attention"],
+            },
             "layer type 'chunked_attention' is not supported",
         ),  # fmt: skip
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "needs original_max_position_embeddings"),
