@@ -22,6 +22,7 @@ from gen_hf_tokenizer import compact, hf_tokenizer_vectors  # noqa: E402
 from gen_kv import _fake_presents, kv_layout_vectors, paging_vectors  # noqa: E402, F401
 from gen_retention import retention_vectors, sidecar_policy  # noqa: E402, F401
 from gen_runs import FakeBackend, bundle_vectors, decode_loop_vectors  # noqa: E402, F401
+from gen_speculative import speculative_json  # noqa: E402
 
 FORMAT = 1  # of these vector files
 
@@ -203,6 +204,7 @@ def build_all() -> dict[str, bytes]:
         "retention.json": dumps(retention_vectors()).encode(),
         "hf_tokenizer.json": (compact(hf_tokenizer_vectors()) + "\n").encode(),
         "chat_format.json": dumps(chat_format_vectors()).encode(),
+        "speculative.json": speculative_json().encode(),
     }
     out.update(bundle_vectors())
     return out
