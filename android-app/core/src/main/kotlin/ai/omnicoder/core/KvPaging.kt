@@ -27,6 +27,17 @@ class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy) {
     var length = 0
         private set
 
+    /**
+     * Tokens behind the window whose pages are kept for rollbacks ([truncate]): speculative decoding rolls back at
+     * most its draft length, so a session that verifies drafts sets this to it. 0: pages are dropped as soon as the
+     * window leaves them.
+     */
+    var rollbackSlack = 0
+        set(value) {
+            require(value >= 0) { "rollback slack must be >= 0, got $value" }
+            field = value
+        }
+
     fun reset() {
         pages.clear()
         length = 0
@@ -101,14 +112,29 @@ class PagedKvStore(val layout: KvLayout, val policy: PagingPolicy) {
         dropUnreachable()
     }
 
+    /** Keep the first `length` tokens (speculative decoding's rollback; runtimes/kv_paging.py truncate). */
+    fun truncate(length: Int) {
+        require(length in 0..this.length) { "cannot truncate a cache of ${this.length} tokens to $length" }
+        while (pages.isNotEmpty() && pages.last().start >= length) pages.removeAt(pages.lastIndex)
+        if (pages.isNotEmpty()) {
+            val last = pages.last()
+            check(last.data != null) { "page ${pages.lastIndex} was dropped; raise rollbackSlack to the draft length" }
+            last.filled = length - last.start
+        }
+        this.length = length
+    }
+
     /** Resident KV bytes (pages not dropped). */
     fun residentBytes(): Long = pages.sumOf { p -> p.data?.values?.sumOf { it.size.toLong() } ?: 0L }
 
     fun residentPages(): Int = pages.count { it.data != null }
 
+    /** Drop the pages outside the sinks, the window and the rollback slack behind it (never the last page). */
     private fun dropUnreachable() {
         if (policy.window <= 0) return
-        val keep = attendedPages().toSet()
-        for ((i, page) in pages.withIndex()) if (i !in keep && i != pages.lastIndex) page.data = null
+        val first = maxOf(0, length - policy.window - rollbackSlack)
+        for ((i, page) in pages.withIndex()) {
+            if (i >= policy.sinkPages && page.start + page.filled <= first && i != pages.lastIndex) page.data = null
+        }
     }
 }

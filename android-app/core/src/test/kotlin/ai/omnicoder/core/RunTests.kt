@@ -6,7 +6,7 @@ import kotlin.system.exitProcess
 
 /** Runs the core's JUnit tests without Gradle (apps/run_kotlin_tests.sh); ends with "kotlin: N passed, M failed". */
 fun main() {
-    val classes = arrayOf(VectorsTest::class.java, CoreTest::class.java, RetentionTest::class.java, HfTokenizerTest::class.java, ChatFormatTest::class.java, AppLogicTest::class.java)
+    val classes = arrayOf(VectorsTest::class.java, CoreTest::class.java, RetentionTest::class.java, HfTokenizerTest::class.java, ChatFormatTest::class.java, AppLogicTest::class.java, SpeculativeTest::class.java)
     val result = JUnitCore().run(*classes)
     for (failure: Failure in result.failures) {
         println("FAILED ${failure.testHeader}: ${failure.message}")
