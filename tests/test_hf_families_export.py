@@ -223,5 +223,31 @@ def test_executorch_fp32_matches_transformers(family, hf_dirs, tmp_path):
     want = cached_logits(hf_model, tokens, n)
     worst = np.abs(np.concatenate(rows) - want).max()
     print(f"{family}: ExecuTorch fp32 max |logit diff| = {worst:.2e} (logits up to {np.abs(want).max():.2f})")
-    # XNNPACK's kernels (and llama::custom_sdpa) sum in another order than PyTorch's: ~1e-6 relative per op
-    assert worst <= 2e-3
+    # XNNPACK's kernels (and llama::custom_sdpa) sum in another order than PyTorch's: measured <= 4e-6. Gemma's
+    # gelu(approximate="tanh") is run as erf GELU by the XNNPACK delegate (test_xnnpack_gelu_tanh_is_tanh): ~1e-3
+    assert worst <= (2e-3 if family.startswith("gemma") else 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="executorch 1.5.1's XNNPACK delegate ignores gelu's approximate='tanh'")
+def test_xnnpack_gelu_tanh_is_tanh(tmp_path):
+    """The cause of Gemma's larger ExecuTorch difference: GeluConfig delegates aten.gelu without looking at
+    `approximate`, and GeluVisitor emits XNNGelu (erf): 4.7e-4 off tanh-GELU, 5e-7 off erf-GELU. Strict: when a
+    fix lands (in ExecuTorch, or in our export writing tanh-GELU out), this passes and the Gemma bound can drop."""
+    pytest.importorskip("executorch.exir", reason="executorch is not installed (pip install omnicoder[executorch])")
+    import torch.nn.functional as F
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    class Gelu(torch.nn.Module):
+        def forward(self, x):
+            return F.gelu(x, approximate="tanh")
+
+    x = torch.linspace(-4, 4, 1001)[None]
+    program = torch.export.export(Gelu(), (x,), strict=False)
+    (tmp_path / "gelu.pte").write_bytes(
+        to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    )
+    got = Runtime.get().load_program(str(tmp_path / "gelu.pte")).load_method("forward").execute([x])[0]
+    assert (got - F.gelu(x, approximate="tanh")).abs().max().item() <= 1e-5
