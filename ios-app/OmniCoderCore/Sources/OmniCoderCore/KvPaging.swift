@@ -46,6 +46,12 @@ public final class PagedKvStore {
     public let policy: PagingPolicy
     public private(set) var pages: [Page] = []
     public private(set) var length = 0
+    /// Tokens behind the window whose pages are kept for rollbacks (`truncate`): speculative decoding rolls back at
+    /// most its draft length, so a session that verifies drafts sets this to it. 0: pages are dropped as soon as the
+    /// window leaves them.
+    public var rollbackSlack = 0 {
+        didSet { precondition(rollbackSlack >= 0, "rollback slack must be >= 0") }
+    }
 
     public init(layout: KvLayout, policy: PagingPolicy) {
         self.layout = layout
@@ -123,6 +129,17 @@ public final class PagedKvStore {
         dropUnreachable()
     }
 
+    /// Keep the first `length` tokens (speculative decoding's rollback; runtimes/kv_paging.py truncate).
+    public func truncate(_ length: Int) {
+        precondition(0 <= length && length <= self.length, "cannot truncate a cache of \(self.length) tokens to \(length)")
+        while let last = pages.last, last.start >= length { pages.removeLast() }
+        if let last = pages.last {
+            precondition(last.data != nil, "page \(pages.count - 1) was dropped; raise rollbackSlack to the draft length")
+            last.filled = length - last.start
+        }
+        self.length = length
+    }
+
     /// Resident KV bytes (pages not dropped).
     public func residentBytes() -> Int {
         pages.reduce(0) { $0 + ($1.data?.values.reduce(0) { $0 + $1.count } ?? 0) }
@@ -130,9 +147,13 @@ public final class PagedKvStore {
 
     public func residentPages() -> Int { pages.filter(\.resident).count }
 
+    /// Drop the pages outside the sinks, the window and the rollback slack behind it (never the last page).
     private func dropUnreachable() {
         if policy.window <= 0 { return }
-        let keep = Set(attendedPages())
-        for (i, page) in pages.enumerated() where !keep.contains(i) && i != pages.count - 1 { page.data = nil }
+        let first = max(0, length - policy.window - rollbackSlack)
+        for (i, page) in pages.enumerated()
+        where i >= policy.sinkPages && page.start + page.filled <= first && i != pages.count - 1 {
+            page.data = nil
+        }
     }
 }
