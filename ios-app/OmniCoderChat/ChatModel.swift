@@ -102,10 +102,11 @@ final class ChatModel: ObservableObject {
             weightsBytes: weights, kvBytesPerToken: perToken, contextTokens: context, availableBytes: MemoryInfo.availableBytes())
     }
 
+    /// At temperature 0 the conversation verifies n-gram drafts (same tokens as plain greedy, fewer model calls).
     private func newConversation(_ session: ModelSession, _ prompter: ChatPrompter) throws -> Conversation {
         Conversation(
             session: session, sampler: try Sampler(settings.sampling()), stopIds: prompter.tokenizer.stopIds,
-            feedStopToken: prompter.feedsStopToken)
+            feedStopToken: prompter.feedsStopToken, maxDraft: CoreMLSessionFactory.maxDraft)
     }
 
     private func memoryLine() -> String {
@@ -141,6 +142,10 @@ final class ChatModel: ObservableObject {
                 let line = String(
                     format: "TTFT %.0f ms, prefill %.1f tok/s, decode %.1f tok/s, %d tokens (%@)", s.prefillSeconds * 1000,
                     s.prefillTokensPerSecond, s.decodeTokensPerSecond, s.generatedTokens, s.stopReason.rawValue)
+                    + (s.draftTokens > 0
+                        ? String(
+                            format: ", n-gram drafts %d/%d accepted, %.2f tokens/call", s.acceptedTokens, s.draftTokens,
+                            s.tokensPerCall) : "")
                 await MainActor.run {
                     self?.append(tail)
                     self?.stats = line

@@ -4,6 +4,9 @@ import OmniCoderCore
 
 /// The Core ML bundle's decode step behind the core's ModelSession (docs/coreml.md, export/coreml_export.py).
 enum CoreMLSessionFactory {
+    /// Drafts per verify call of the n-gram drafter (Conversation's maxDraft; Python's --speculative 8).
+    static let maxDraft = 8
+
     /// The session and what the screen says about its KV store. `--kv stream` uses the bundle's retention sidecar when
     /// it has one (and the graph outputs `retention`), else pages; `--kv state` keeps the KV inside the model.
     static func make(bundle: OmniCoderCore.Bundle, policy: PagingPolicy, kvBudgetBytes: Int) throws -> (ModelSession, String) {
@@ -41,9 +44,10 @@ enum CoreMLSessionFactory {
 }
 
 /// `--kv state` (iOS 18): inputIds [1, T] + causalMask [1, 1, T, end] -> logits; KV in the states keyCache /
-/// valueCache, slot = absolute position. No eviction: the context is the export's --max-seq-len.
+/// valueCache, slot = absolute position. No eviction: the context is the export's --max-seq-len. Rolling back is
+/// moving `cacheLength`: later calls overwrite the slots from there, and the mask's width (`end`) hides the rest.
 @available(iOS 18.0, macOS 15.0, *)
-final class StatefulSession: ModelSession {
+final class StatefulSession: SpeculativeSession {
     private let model: MLModel
     private var state: MLState
     let contextLength: Int
@@ -63,6 +67,19 @@ final class StatefulSession: ModelSession {
     }
 
     func step(ids: [Int], positions: [Int]) throws -> [Float] {
+        try lastRow(try predict(ids: ids, positions: positions))
+    }
+
+    func verify(ids: [Int], positions: [Int]) throws -> [[Float]] {
+        try logitRows(try predict(ids: ids, positions: positions))
+    }
+
+    func truncate(_ length: Int) {
+        precondition(0 <= length && length <= cacheLength, "cannot truncate \(cacheLength) tokens to \(length)")
+        cacheLength = length
+    }
+
+    private func predict(ids: [Int], positions: [Int]) throws -> MLMultiArray? {
         precondition(positions.first == cacheLength, "the stateful model writes slot = position; no eviction")
         let t = ids.count
         let end = cacheLength + t
@@ -73,15 +90,16 @@ final class StatefulSession: ModelSession {
         let inputs = try MLDictionaryFeatureProvider(dictionary: ["inputIds": inputIds, "causalMask": mask])
         let out = try model.prediction(from: inputs, using: state)
         cacheLength = end
-        return try lastRow(out.featureValue(for: "logits")?.multiArrayValue)
+        return out.featureValue(for: "logits")?.multiArrayValue
     }
 }
 
 /// `--kv stream` (iOS 17+): `prefill` (no past) and `decode` functions with explicit KV in/out (fp16), the ONNX
 /// contract with Core ML-safe names. The KV rows live in the core: in a RetentionStore when the bundle has a retention
 /// sidecar and the graph outputs `retention` (fp32 rows, as the sidecar's budget counts them, converted to and from
-/// fp16 at the model; RetentionStore.chunk tokens per call), else in a PagedKvStore (window + sinks from the sidecar).
-final class StreamingSession: ModelSession {
+/// fp16 at the model; RetentionStore.chunk tokens per call), else in a PagedKvStore (window + sinks from the sidecar;
+/// `maxDraft` tokens kept behind the window so that rejected drafts can be rolled back).
+final class StreamingSession: SpeculativeSession {
     private let prefill: MLModel
     private let decode: MLModel
     private let layout: KvLayout
@@ -119,6 +137,7 @@ final class StreamingSession: ModelSession {
         modelContext = context
         retention = store
         pages = store == nil ? PagedKvStore(layout: layout, policy: policy) : nil
+        pages?.rollbackSlack = CoreMLSessionFactory.maxDraft
         kvNote = note
     }
 
@@ -135,18 +154,32 @@ final class StreamingSession: ModelSession {
     }
 
     func step(ids: [Int], positions: [Int]) throws -> [Float] {
+        try calls(ids, positions, allRows: false).last!
+    }
+
+    func verify(ids: [Int], positions: [Int]) throws -> [[Float]] {
+        try calls(ids, positions, allRows: true)
+    }
+
+    func truncate(_ length: Int) throws {
+        if let retention { try retention.truncate(length) } else { pages?.truncate(length) }
+    }
+
+    /// The tokens in calls of at most one chunk; each call's last row, or every row with `allRows`.
+    private func calls(_ ids: [Int], _ positions: [Int], allRows: Bool) throws -> [[Float]] {
         let chunk = retention != nil ? RetentionStore.chunk : policy.window > 0 ? policy.pageLen : ids.count
-        var logits: [Float] = []
+        var rows: [[Float]] = []
         var start = 0
         while start < ids.count {
             let end = min(ids.count, start + chunk)
-            logits = try run(Array(ids[start..<end]), Array(positions[start..<end]))
+            let logits = try run(Array(ids[start..<end]), Array(positions[start..<end]))
+            rows = allRows ? rows + (try logitRows(logits)) : [try lastRow(logits)]
             start = end
         }
-        return logits
+        return rows
     }
 
-    private func run(_ ids: [Int], _ positions: [Int]) throws -> [Float] {
+    private func run(_ ids: [Int], _ positions: [Int]) throws -> MLMultiArray? {
         let t = NSNumber(value: ids.count)
         let inputIds = try MLMultiArray(shape: [1, t], dataType: .int32)
         let positionIds = try MLMultiArray(shape: [1, t], dataType: .int32)
@@ -183,7 +216,7 @@ final class StreamingSession: ModelSession {
         } else {
             pages?.update(presents, newTokens: ids.count)
         }
-        return try lastRow(out.featureValue(for: "logits")?.multiArrayValue)
+        return out.featureValue(for: "logits")?.multiArrayValue
     }
 
     /// A float16 MLMultiArray of the tensor (fp32 rows of the retention store are rounded to fp16 here).
@@ -249,10 +282,21 @@ func contiguousBytes(_ array: MLMultiArray) -> [UInt8] {
 /// The last position's logits [V] of a [1, T, V] output (fp16 or fp32).
 func lastRow(_ array: MLMultiArray?) throws -> [Float] {
     guard let array else { throw BundleError(kind: .invalid, message: "the model returned no logits") }
+    return row(array, array.shape[1].intValue - 1)
+}
+
+/// Every position's logits [T][V] of a [1, T, V] output (a verify call's).
+func logitRows(_ array: MLMultiArray?) throws -> [[Float]] {
+    guard let array else { throw BundleError(kind: .invalid, message: "the model returned no logits") }
+    return (0..<array.shape[1].intValue).map { row(array, $0) }
+}
+
+/// Position `t`'s logits [V] of a [1, T, V] output (fp16 or fp32, any strides).
+private func row(_ array: MLMultiArray, _ t: Int) -> [Float] {
     let shape = array.shape.map(\.intValue)
     let strides = array.strides.map(\.intValue)
     let vocab = shape[2]
-    let base = (shape[1] - 1) * strides[1]
+    let base = t * strides[1]
     if array.dataType == .float16 {
         return array.withUnsafeBufferPointer(ofType: Float16.self) { p in (0..<vocab).map { Float(p[base + $0 * strides[2]]) } }
     }

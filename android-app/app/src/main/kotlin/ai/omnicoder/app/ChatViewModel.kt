@@ -98,8 +98,11 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
         _state.update { it.copy(status = "${model.name} ready ($chat)", ready = true, error = null, memory = memoryLine()) }
     }
 
-    private fun newConversation(s: OrtModelSession, p: ChatPrompter) =
-        Conversation(s, Sampler(_state.value.settings.sampling()), p.tokenizer.stopIds, p.feedsStopToken)
+    /** At temperature 0 the conversation verifies n-gram drafts (same tokens as plain greedy, fewer model calls). */
+    private fun newConversation(s: OrtModelSession, p: ChatPrompter) = Conversation(
+        s, Sampler(_state.value.settings.sampling()), p.tokenizer.stopIds, p.feedsStopToken,
+        maxDraft = OrtModelSession.DEFAULT_MAX_DRAFT,
+    )
 
     private fun memoryLine(): String {
         val s = session
@@ -133,7 +136,9 @@ class ChatViewModel(app: Application) : AndroidViewModel(app) {
                 val line = "TTFT %.0f ms, prefill %.1f tok/s, decode %.1f tok/s, %d tokens (%s)".format(
                     st.prefillSeconds * 1000, st.prefillTokensPerSecond, st.decodeTokensPerSecond, st.generatedTokens,
                     st.stopReason.label,
-                )
+                ) + if (st.draftTokens > 0) ", n-gram drafts %d/%d accepted, %.2f tokens/call".format(
+                    st.acceptedTokens, st.draftTokens, st.tokensPerCall,
+                ) else ""
                 _state.update { it.copy(generating = false, stats = line, memory = memoryLine()) }
             } catch (e: Exception) {
                 _state.update { it.copy(generating = false, error = e.message ?: e.toString()) }

@@ -7,6 +7,7 @@ import ai.omnicoder.core.ModelSession
 import ai.omnicoder.core.PagedKvStore
 import ai.omnicoder.core.PagingPolicy
 import ai.omnicoder.core.RetentionStore
+import ai.omnicoder.core.SpeculativeSession
 import ai.onnxruntime.OnnxJavaType
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
@@ -22,6 +23,8 @@ import java.nio.LongBuffer
  * The KV rows live in the core: in a RetentionStore when the bundle has a retention sidecar and the graph outputs
  * `retention` (the store evicts / compresses under the budget between calls of RetentionStore.CHUNK tokens), else
  * in a PagedKvStore that feeds only the attended pages. The two are exclusive, as in the Python runner.
+ * As a SpeculativeSession it verifies n-gram drafts: `verify` returns every fed token's logits and `truncate` rolls
+ * the store back (the paged store keeps `maxDraft` tokens behind its window for that).
  */
 class OrtModelSession(
     bundle: Bundle,
@@ -29,7 +32,8 @@ class OrtModelSession(
     retentionSidecar: JSONObject? = null,
     kvBudgetBytes: Long = 0,
     threads: Int = 4,
-) : ModelSession, AutoCloseable {
+    maxDraft: Int = DEFAULT_MAX_DRAFT,
+) : SpeculativeSession, AutoCloseable {
     private val env = OrtEnvironment.getEnvironment()
     private val session: OrtSession
     private val layout = bundle.kvLayout()
@@ -54,7 +58,7 @@ class OrtModelSession(
         val choice = KvChoice.choose(retentionSidecar, RETENTION in session.outputNames, layout.kvDtype, kvBudgetBytes)
         kvNote = choice.note
         retention = choice.retention?.let { RetentionStore(layout, it) }
-        pages = if (retention == null) PagedKvStore(layout, policy) else null
+        pages = if (retention == null) PagedKvStore(layout, policy).also { it.rollbackSlack = maxDraft } else null
         wanted = setOf("logits") + layout.outputs + if (retention?.wantsRetention == true) setOf(RETENTION) else emptySet()
     }
 
@@ -74,23 +78,34 @@ class OrtModelSession(
         pages?.reset()
     }
 
-    override fun step(ids: IntArray, positions: IntArray): FloatArray {
+    override fun step(ids: IntArray, positions: IntArray): FloatArray = calls(ids, positions, allRows = false).last()
+
+    override fun verify(ids: IntArray, positions: IntArray): Array<FloatArray> = calls(ids, positions, allRows = true)
+
+    override fun truncate(length: Int) {
+        retention?.truncate(length) ?: pages!!.truncate(length)
+    }
+
+    /** The tokens in calls of at most one chunk; each call's last row, or every row with `allRows`. */
+    private fun calls(ids: IntArray, positions: IntArray, allRows: Boolean): Array<FloatArray> {
         val chunk = when {
             retention != null -> RetentionStore.CHUNK // the policy acts between calls
             policy.window > 0 -> policy.pageLen
             else -> ids.size
         }
-        var logits = FloatArray(0)
+        val rows = ArrayList<FloatArray>()
         var start = 0
         while (start < ids.size) {
             val end = minOf(ids.size, start + chunk)
-            logits = run(ids.copyOfRange(start, end), positions.copyOfRange(start, end))
+            val got = run(ids.copyOfRange(start, end), positions.copyOfRange(start, end), allRows)
+            if (!allRows) rows.clear()
+            rows.addAll(got)
             start = end
         }
-        return logits
+        return rows.toTypedArray()
     }
 
-    private fun run(ids: IntArray, positions: IntArray): FloatArray {
+    private fun run(ids: IntArray, positions: IntArray, allRows: Boolean): List<FloatArray> {
         val t = ids.size.toLong()
         val tensors = ArrayList<OnnxTensor>()
         try {
@@ -102,9 +117,13 @@ class OrtModelSession(
             session.run(inputs, wanted).use { result ->
                 val logitsTensor = result.get("logits").get() as OnnxTensor
                 val all = logitsTensor.floatBuffer
-                val last = FloatArray(vocab)
-                all.position(((t - 1) * vocab).toInt())
-                all.get(last)
+                val first = if (allRows) 0 else ids.size - 1 // only verify calls need every row's logits
+                val rows = (first until ids.size).map { row ->
+                    FloatArray(vocab).also {
+                        all.position(row * vocab)
+                        all.get(it)
+                    }
+                }
                 val presents = HashMap<String, KvTensor>()
                 for (out in layout.outputs) {
                     val tensor = result.get(out).get() as OnnxTensor
@@ -120,7 +139,7 @@ class OrtModelSession(
                 } else {
                     pages!!.update(presents, ids.size)
                 }
-                return last
+                return rows
             }
         } finally {
             tensors.forEach(OnnxTensor::close)
@@ -146,7 +165,10 @@ class OrtModelSession(
         session.close()
     }
 
-    private companion object {
-        const val RETENTION = "retention"
+    companion object {
+        private const val RETENTION = "retention"
+
+        /** Drafts per verify call of the n-gram drafter (Conversation's maxDraft; Python's --speculative 8). */
+        const val DEFAULT_MAX_DRAFT = 8
     }
 }

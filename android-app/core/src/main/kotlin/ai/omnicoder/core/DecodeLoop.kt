@@ -190,7 +190,7 @@ class Conversation(
 
         /** Verify the last token and the drafter's guesses in one call; keep the confirmed ones and the next. */
         private fun call() {
-            while (synced < out.size) history.add(out[synced++])
+            while (out.size > synced) history.add(out[synced++])
             val base = session.cacheLength
             val room = maxOf(0, minOf(drafter.maxDraft, maxNewTokens - out.size, context - base - 1))
             val drafts = if (room > 0) drafter.propose(history, room) else emptyList()
