@@ -17,7 +17,7 @@ from omnicoder.runtimes.bench_calibration import CalibrationProbe
 from omnicoder.runtimes.bench_graph import graph_op_counts, profile_inventory
 from omnicoder.runtimes.bench_ops import OpPolicy, op_checks
 from omnicoder.runtimes.bench_result import ProviderResult
-from omnicoder.runtimes.bench_timing import BenchSettings, measure, warm_up
+from omnicoder.runtimes.bench_timing import BenchSettings, measure, measure_speculative, warm_up
 from omnicoder.runtimes.bundle import Bundle
 from omnicoder.runtimes.graph_backend import GraphBackend
 from omnicoder.runtimes.onnx_session import OnnxProgram, resolve_providers, session_options
@@ -87,6 +87,7 @@ def bench_provider(
         rows, runs = settings.prefill_tokens, settings.decode_steps
         probe = CalibrationProbe(provider, settings.threads, rows, runs, Path(tmp)) if settings.calibrate else None
         speed = measure(backend, settings, vocab, probe.round if probe else None)
+        speculative = measure_speculative(backend, vocab, backend.context_length)
     if saved:
         counts, source = graph_op_counts(optimized), "optimized graph"
     else:
@@ -101,6 +102,7 @@ def bench_provider(
         ops_by_provider={p: dict(sorted(c.items())) for p, c in by_provider.items()},
         session_seconds=round(session_seconds, 3),
         speed=speed,
+        speculative=speculative,
         calibration=probe.speed() if probe else None,
         peak_rss_mb=round(peak_rss_mb(), 1),
         rss_growth_mb=None if rss_before is None or rss_after is None else round(rss_after - rss_before, 1),

@@ -42,6 +42,20 @@ class Speed:
 
 
 @dataclass
+class SpeculativeSpeed:
+    """Greedy decoding of an input-grounded prompt, plain vs prompt-lookup drafts (reported, not gated)."""
+
+    drafter: str
+    max_draft: int
+    generated: int
+    plain_decode_tok_s: float
+    decode_tok_s: float
+    tokens_per_call: float  # generated tokens / model calls
+    acceptance_rate: float  # accepted drafts / drafted tokens
+    same_tokens: bool  # the output equals plain greedy decoding's
+
+
+@dataclass
 class ProbeSpeed:
     """The calibration probe's speed in one bench run (omnicoder.runtimes.bench_calibration)."""
 
@@ -61,6 +75,7 @@ class ProviderResult:
     ops_by_provider: dict[str, dict[str, int]] = field(default_factory=dict)
     session_seconds: float = 0.0
     speed: Speed | None = None
+    speculative: SpeculativeSpeed | None = None
     calibration: ProbeSpeed | None = None  # the calibration probe's speed in the same run (calibrated profiles)
     peak_rss_mb: float = 0.0
     rss_growth_mb: float | None = None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from omnicoder.runtimes.bench_result import Speed
+from omnicoder.runtimes.bench_result import SpeculativeSpeed, Speed
 from omnicoder.runtimes.decode_loop import StepBackend
 
 from omnicoder.errors import OmniCoderError
@@ -56,6 +56,33 @@ def warm_up(backend: StepBackend, settings: BenchSettings, vocab: int) -> None:
     backend.step(prompt, list(range(len(prompt))))
     for i, token in enumerate(tokens(settings.warmup_steps, vocab, 1)):
         backend.step([token], [len(prompt) + i])
+
+
+def measure_speculative(backend: StepBackend, vocab: int, context: int, max_draft: int = 8) -> SpeculativeSpeed | None:
+    """Plain greedy vs n-gram speculative decoding of a prompt that repeats an 8-token motif (the output tends to
+    continue it, as code edits reuse their input); None when the bundle's context is too short."""
+    from omnicoder.runtimes.decode_loop import generate_ids
+    from omnicoder.runtimes.sampling import Sampler, SamplingParams
+    from omnicoder.runtimes.speculative import Speculation
+
+    prompt = tokens(8, vocab, 7) * 4
+    steps = min(64, context - len(prompt) - max_draft)
+    if steps < 16:
+        return None
+    greedy = Sampler(SamplingParams(temperature=0))
+    plain_ids, plain = generate_ids(backend, prompt, steps, greedy, -1)
+    strategy = Speculation(backend, greedy, max_draft, drafter="ngram")
+    ids, spec = generate_ids(backend, prompt, steps, greedy, -1, None, strategy)
+    return SpeculativeSpeed(
+        drafter="ngram",
+        max_draft=max_draft,
+        generated=len(ids),
+        plain_decode_tok_s=round(plain.decode_tok_s, 1),
+        decode_tok_s=round(spec.decode_tok_s, 1),
+        tokens_per_call=round(len(ids) / max(spec.model_calls, 1), 2),
+        acceptance_rate=round(spec.acceptance_rate, 3),
+        same_tokens=ids == plain_ids,
+    )
 
 
 def measure(

@@ -111,6 +111,14 @@ def print_table(results: list) -> None:
         for c in result.checks:
             threshold = "none" if c.threshold is None else f">= {c.threshold:g}" + (" (indicative)" * c.indicative)
             rows.append((name, c.name, f"{c.measured:g}", threshold, "pass" if c.passed else "FAIL", c.note))
+        s = result.speculative
+        if s is not None:
+            note = (
+                f"{s.drafter} drafts (up to {s.max_draft}): {s.tokens_per_call:g} tokens/call, acceptance "
+                f"{s.acceptance_rate:.0%}, plain {s.plain_decode_tok_s:g} tok/s, "
+                f"{'same' if s.same_tokens else 'DIFFERENT'} tokens as plain greedy"
+            )
+            rows.append((name, "speculative_decode_tok_s", f"{s.decode_tok_s:g}", "-", "info", note))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])

@@ -120,8 +120,12 @@ def test_healthy_int4_bundle_passes(bundles, tmp_path, capsys):
     assert checks["decode tok/s"]["measured"] > 0 and checks["prefill tok/s"]["measured"] > 0
     assert result["speed"]["prefill_tokens"] == 16 and len(result["speed"]["prefill_samples"]) == 2
     assert result["peak_rss_mb"] > 0
+    spec = result["speculative"]  # reported beside tok/s, not gated
+    assert spec["drafter"] == "ngram" and spec["generated"] > 0 and spec["decode_tok_s"] > 0
+    assert 1.0 <= spec["tokens_per_call"] <= 1 + spec["max_draft"] and 0 <= spec["acceptance_rate"] <= 1
     out = capsys.readouterr().out
     assert re.search(r"CPU\s+decode tok/s\s+\S+\s+>= 0.01\s+pass", out) and "PASS" in out
+    assert re.search(r"speculative_decode_tok_s\s+\S+\s+-\s+info\s+ngram drafts", out)
     page = (tmp_path / "out" / "provider_bench.html").read_text()
     svgs = re.findall(r"<svg.*?</svg>", page, re.S)
     assert "PASS" in page and len(svgs) == 3
