@@ -303,7 +303,8 @@ def test_retention_store_vectors():
                     name: _f32(step["presents"][name]).reshape(1, layout.heads, n, width)
                     for name, width in zip(layout.inputs, layout.widths, strict=True)
                 }
-                cache.observe(None if step["retention"] is None else _f32(step["retention"]).reshape(n, 3))
+                retention = step["retention"]
+                cache.observe_outputs({} if retention is None else {"retention": _f32(retention).reshape(1, n, 3)})
                 if "error" in step:
                     with pytest.raises(OmniCoderError, match=re.escape(step["error"])):
                         cache.update(presents, n)

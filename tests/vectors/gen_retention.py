@@ -156,7 +156,7 @@ def _replay(name: str, kv: dict, n_layers: int, policy, updates: list, with_logi
             "presents": {n: hexf(rows) for n, rows in presents.items()},
             "retention": None if logits is None else hexf(logits),
         }
-        cache.observe(logits)
+        cache.observe_outputs({} if logits is None else {"retention": logits[None]})
         try:
             cache.update({n: rows[None] for n, rows in presents.items()}, update)
         except OmniCoderError as exc:
