@@ -11,7 +11,8 @@
   `omnicoder.io_contract`) with `IOKVSlot`: attention on `llama::custom_sdpa` (fused) or plain masked SDPA
   (reference).
 - Soft-capped layers (Gemma 2) attend with the written-out form (`ops.explicit_attention`): custom_sdpa has no cap.
-- `delegable_norms`: every RMSNorm in its XNNPACK-delegable form while tracing (`omnicoder.layers.RMSNorm`).
+- `delegable_norms`: every RMSNorm and gated MLP in its XNNPACK-delegable form while tracing (`omnicoder.layers`:
+  RMSNorm's mean as a linear layer, tanh-GELU written out since XNNPACK runs aten.gelu(tanh) as erf-GELU).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from omnicoder.decode_step import DecodeStep
 from omnicoder.kv_slot import AttentionSpec, PastKV
-from omnicoder.layers import RMSNorm
+from omnicoder.layers import GatedMLP, RMSNorm
 from omnicoder.model import OmniCoder
 from omnicoder.ops import causal_mask, explicit_attention, newest_mask
 from omnicoder.static_kv import StaticCacheDecoder, StaticKVSlot
@@ -45,15 +46,17 @@ def float_mask(allowed: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def delegable_norms(model: nn.Module) -> Iterator[int]:
-    """Switch every RMSNorm to its XNNPACK-delegable form while tracing; back afterwards. Yields the count."""
-    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
-    for norm in norms:
-        norm.delegable(True)
+    """Switch every RMSNorm and gated MLP to its XNNPACK-delegable form while tracing; back afterwards. Yields the
+    number of norms."""
+    modules = [m for m in model.modules() if isinstance(m, RMSNorm | GatedMLP)]
+    norms = [m for m in modules if isinstance(m, RMSNorm)]
+    for module in modules:
+        module.delegable(True)
     try:
         yield len(norms)
     finally:
-        for norm in norms:
-            norm.delegable(False)
+        for module in modules:
+            module.delegable(False)
 
 
 class FusedKVSlot(StaticKVSlot):

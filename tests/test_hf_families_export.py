@@ -223,9 +223,10 @@ def test_executorch_fp32_matches_transformers(family, hf_dirs, tmp_path):
     want = cached_logits(hf_model, tokens, n)
     worst = np.abs(np.concatenate(rows) - want).max()
     print(f"{family}: ExecuTorch fp32 max |logit diff| = {worst:.2e} (logits up to {np.abs(want).max():.2f})")
-    # XNNPACK's kernels (and llama::custom_sdpa) sum in another order than PyTorch's: measured <= 4e-6. Gemma's
-    # gelu(approximate="tanh") is run as erf GELU by the XNNPACK delegate (test_xnnpack_gelu_tanh_is_tanh): ~1e-3
-    assert worst <= (2e-3 if family.startswith("gemma") else 1e-4)
+    # XNNPACK's kernels (and llama::custom_sdpa) sum in another order than PyTorch's: measured <= 4e-6. Gemma too:
+    # the export writes tanh-GELU out (GatedMLP.delegable), since XNNPACK runs aten.gelu(tanh) as erf-GELU
+    # (test_xnnpack_gelu_tanh_is_tanh; ~1e-3 before)
+    assert worst <= 1e-4
 
 
 @pytest.mark.slow
