@@ -25,6 +25,7 @@ from omnicoder.export.onnx_embedding import share_head_codes
 from omnicoder.export.onnx_fusions import apply_fusions, merge_sibling_quant_linears, shared_buffer_attention
 from omnicoder.export.onnx_graph import export_decode_graph
 from omnicoder.export.onnx_logits import LOGITS_TO_KEEP, add_logits_to_keep
+from omnicoder.export.onnx_moe import moe_contract, resolve_lowering
 from omnicoder.export.onnx_quant import lower_quant_linears, store_weights_fp16
 from omnicoder.runtimes.bundle import FORMAT_VERSION, finalize_bundle
 from tqdm import tqdm
@@ -62,6 +63,7 @@ class OnnxExportOptions:
     fuse: bool = True  # export/onnx_fusions.py: merged sibling linears, skip+RMSNorm, BSH attention
     query_outputs: bool = False  # query.{i} outputs for predicted KV pages / H2O retention
     kv_io: str = "present"  # present: past + new rows out; shared: in-place buffers (onnx_fusions.py)
+    moe_lowering: str = "auto"  # MoE layers: ort (com.microsoft.MoE / QMoE) | gather | dense (onnx_moe.py)
 
     def kv_spec(self) -> KVQuantSpec:
         return KVQuantSpec(self.kv, self.kv_group, self.kv_rotation).validate()
@@ -158,7 +160,7 @@ def export_onnx_bundle(
     """
     import torch
 
-    from omnicoder.quant import quantize_linears
+    from omnicoder.quant import quantize_experts, quantize_linears
 
     if options.weights not in WEIGHT_MODES:
         raise OmniCoderError(f"--weights {options.weights} is unknown; use one of {', '.join(WEIGHT_MODES)}")
@@ -177,10 +179,11 @@ def export_onnx_bundle(
             f"--kv-io shared cannot carry {feature} (one fused attention form for every layer); use --kv-io present"
         )
     spec = options.kv_spec()
+    moe_lowering = resolve_lowering(model, options.moe_lowering)
     started = time.perf_counter()
     parameters = model.num_parameters()
     stages = tqdm(total=5, desc="export onnx", unit="stage")
-    quantized = 0
+    quantized = quantized_banks = 0
     kept: dict = {}
     quantized_head = options.weights in ("int4", "int8") and config.vocab_size > QUANTIZED_HEAD_MIN_VOCAB
     if quantized_head:
@@ -194,13 +197,22 @@ def export_onnx_bundle(
         asym = options.int4_scheme == "asym"
         replaced = quantize_linears(model, options.weights, skip=skip, asymmetric=asym, prequantized=kept)
         quantized, kept = len(replaced), {name: kept[name] for name in replaced if name in kept}
+        if options.weights == "int4" and moe_lowering:
+            quantized_banks = len(quantize_experts(model, "int4"))
         if kept:
             head_precision = head_precision.replace(options.weights, "the file's own blocks", 1)
     stages.update(1)
     with atomic_directory(out) as tmp, torch.no_grad():
         stages.set_postfix_str("torch.export + ONNX conversion")
         graph_path = export_decode_graph(
-            model, tmp / "model.onnx", options.opset, options.attention, spec, options.query_outputs
+            model,
+            tmp / "model.onnx",
+            options.opset,
+            options.attention,
+            spec,
+            options.query_outputs,
+            moe_lowering,
+            options.accuracy_level,
         )
         stages.update(1)
         stages.set_postfix_str("lower quantized linears")
@@ -226,6 +238,7 @@ def export_onnx_bundle(
             store_weights_fp16(proto)
         keeps_logits = add_logits_to_keep(proto)
         _name_dims(proto, config, spec)
+        moe = moe_contract(proto, config, moe_lowering, quantized_banks > 0) if moe_lowering else None
         for key, value in _metadata_props(config, options).items():
             proto.metadata_props.add(key=key, value=value)
         stages.update(1)
@@ -259,6 +272,7 @@ def export_onnx_bundle(
             "constraints": graph_constraints(options) + genai_notes,
             "fusions": fusions,
             **({"logits_to_keep": LOGITS_TO_KEEP} if keeps_logits else {}),
+            **({"moe": moe} if moe else {}),
         }
         manifest = common_manifest("onnx", config, parameters, precision, graph, sidecars, command, started)
         manifest = finalize_bundle(tmp, manifest)
@@ -332,5 +346,6 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         fuse=not args.no_fuse,
         query_outputs=args.query_outputs,
         kv_io=args.kv_io,
+        moe_lowering=getattr(args, "moe_lowering", "auto"),
     )
     return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from omnicoder.export.onnx_moe import moe_translations, prepare_moe
 
 from omnicoder.config import OmniCoderConfig
 from omnicoder.decode_step import DecodeStep, example_inputs
@@ -105,7 +106,7 @@ def _gqa_schema():
     )
 
 
-def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
+def _translations(attention_op: str, config: OmniCoderConfig, accuracy_level: int = 4) -> dict:
     from onnxscript import opset23 as op
     from onnxscript import values
 
@@ -183,6 +184,7 @@ def _translations(attention_op: str, config: OmniCoderConfig) -> dict:
         torch.ops.omnicoder.masked_attention.default: masked_attention_onnx,
         torch.ops.omnicoder.quant_linear.default: quant_linear,
         torch.ops.omnicoder.quant_linear_zp.default: quant_linear_zp,
+        **moe_translations(accuracy_level),
     }
 
 
@@ -193,6 +195,8 @@ def export_decode_graph(
     attention_op: str = "onnx",
     kv_spec: KVQuantSpec | None = None,
     queries: bool = True,
+    moe_lowering: str | None = None,
+    accuracy_level: int = 4,
 ) -> Path:
     """torch.export the decode step with dynamic batch / sequence / past and write it to `path`.
 
@@ -216,7 +220,8 @@ def export_decode_graph(
         "past": [{0: batch, 2: past[windowed]} for windowed in windowed_kv(config, kv_spec)],
     }
     in_names = [INPUT_IDS, POSITION_IDS, *kv_names(config, kv_spec)[0]]
-    with swapped_modules(model, as_op_form), warnings.catch_warnings(), torch.no_grad():
+    moe = prepare_moe(model, moe_lowering)
+    with moe, swapped_modules(model, as_op_form), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             step,
@@ -226,7 +231,7 @@ def export_decode_graph(
             dynamic_shapes=dynamic_shapes,
             input_names=in_names,
             output_names=output_names(config, kv_spec, queries),
-            custom_translation_table=_translations(attention_op, config),
+            custom_translation_table=_translations(attention_op, config, accuracy_level),
             verbose=False,
         )
     program.save(str(path), external_data=False)

@@ -27,3 +27,17 @@ def swapped_modules(model: nn.Module, replace: Callable[[nn.Module], nn.Module |
     finally:
         for parent, name, child in reversed(swapped):
             setattr(parent, name, child)
+
+
+@contextlib.contextmanager
+def swapped_attributes(model: nn.Module, kind: type, name: str, value: object) -> Iterator[int]:
+    """Set attribute `name` to `value` on every submodule of type `kind`; restore the old values on exit."""
+    modules = [m for m in model.modules() if type(m) is kind]
+    old = [getattr(m, name) for m in modules]
+    for module in modules:
+        setattr(module, name, value)
+    try:
+        yield len(modules)
+    finally:
+        for module, previous in zip(modules, old, strict=True):
+            setattr(module, name, previous)

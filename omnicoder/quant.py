@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from omnicoder import ops
+from omnicoder.moe import ExpertBank
 
 SCHEMES = {"int4": (4, 32), "int8": (8, 0)}
+EXPERT_WEIGHTS = ("gate_proj", "up_proj", "down_proj")
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +133,9 @@ def quantize_linears(
 ) -> list[str]:
     """Replace every nn.Linear (except those named in `skip` and those the block does not divide) in place.
 
-    Returns the names of the replaced layers. The embedding and the (tied) LM head stay float: for a
-    byte vocabulary they are a few percent of the weights, and the LM head is the most sensitive layer.
+    Returns the names of the replaced layers; one-output linears (gates) stay float. The embedding and the (tied)
+    LM head stay float: for a byte vocabulary they are a few percent of the weights, and the LM head is the most
+    sensitive layer.
     `asymmetric` uses zero points for int4 (`quantize_weight_asym`); `prequantized` maps a layer name to
     (bits, block, codes, scales, zero points) that are kept as they are (a GGUF file's own blocks).
     """
@@ -146,6 +149,8 @@ def quantize_linears(
             full = f"{name}.{child_name}" if name else child_name
             if not isinstance(child, nn.Linear) or any(full.split(".")[0] == s for s in skip):
                 continue
+            if child.out_features == 1:  # a scalar gate (an MoE shared-expert gate): too small to gain, kept exact
+                continue
             if full in prequantized:
                 setattr(module, child_name, QuantLinear(child, *prequantized[full]))
             elif block and child.in_features % block:
@@ -157,4 +162,65 @@ def quantize_linears(
             else:
                 setattr(module, child_name, QuantLinear(child, bits, block))
             replaced.append(full)
+    return replaced
+
+
+class QuantExpertBank(nn.Module):
+    """An MoE layer's routed experts (`omnicoder.moe.ExpertBank`) with quantized weights: per expert the same
+    blocks as `QuantLinear` (`quantize_weight`, blocks along the input features). Codes int8 `{name}_codes`
+    [E, out, in] and fp32 `{name}_scales` [E, out, in / block] for gate_proj / up_proj / down_proj; the float
+    weights it reads back (`gate_proj` ...) are the dequantized blocks, so ExpertBank's forms compute with them."""
+
+    gathered = ExpertBank.gathered
+    all_experts = ExpertBank.all_experts
+    expert = ExpertBank.expert
+
+    def __init__(self, bank: ExpertBank, bits: int, block: int) -> None:
+        super().__init__()
+        self.activation, self.bits, self.block = bank.activation, bits, block
+        for name in EXPERT_WEIGHTS:
+            weight = getattr(bank, name).detach()
+            e, n, k = weight.shape
+            codes, scales = quantize_weight(weight.reshape(e * n, k), bits, block)
+            self.register_buffer(f"{name}_codes", codes.view(e, n, k))
+            self.register_buffer(f"{name}_scales", scales.view(e, n, k // block))
+
+    def dequantized(self, name: str) -> torch.Tensor:
+        """The float weights [E, out, in] of `name` (gate_proj, up_proj or down_proj)."""
+        codes, scales = getattr(self, f"{name}_codes"), getattr(self, f"{name}_scales")
+        blocks = codes.float().unflatten(-1, (scales.shape[-1], -1)) * scales.unsqueeze(-1)
+        return blocks.flatten(-2)
+
+    @property
+    def count(self) -> int:
+        return self.gate_proj_codes.shape[0]
+
+    @property
+    def gate_proj(self) -> torch.Tensor:
+        return self.dequantized("gate_proj")
+
+    @property
+    def up_proj(self) -> torch.Tensor:
+        return self.dequantized("up_proj")
+
+    @property
+    def down_proj(self) -> torch.Tensor:
+        return self.dequantized("down_proj")
+
+    def extra_repr(self) -> str:
+        return f"experts={self.count}, bits={self.bits}, block={self.block}"
+
+
+def quantize_experts(model: nn.Module, scheme: str = "int4") -> list[str]:
+    """Replace every MoE layer's ExpertBank with a QuantExpertBank in place (the router stays float); returns the
+    names of the replaced banks. Only block schemes (int4): a bank whose widths the block does not divide stays."""
+    bits, block = SCHEMES[scheme]
+    if not block:
+        raise ValueError(f"expert quantization needs a block scheme, not {scheme!r}")
+    replaced = []
+    for name, module in list(model.named_modules()):
+        bank = getattr(module, "experts", None)
+        if type(bank) is ExpertBank and not (bank.gate_proj.shape[-1] % block or bank.down_proj.shape[-1] % block):
+            module.experts = QuantExpertBank(bank, bits, block)
+            replaced.append(f"{name}.experts" if name else "experts")
     return replaced
