@@ -91,6 +91,13 @@ def build_parser() -> ArgumentParser:
         "fixed-capacity KV buffers updated in place by GroupQueryAttention (GQA models; fastest decode)",
     )
     p.add_argument(
+        "--moe-lowering",
+        default="auto",
+        choices=("auto", "ort", "gather", "dense"),
+        help="onnx, MoE models: ort = one com.microsoft.MoE / QMoE node per layer (auto's choice for SiLU experts); "
+        "gather / dense = standard ops only (the chosen experts' weights gathered per token / every expert run)",
+    )
+    p.add_argument(
         "--query-outputs",
         action="store_true",
         help="onnx: also output each layer's queries (needed by --predicted-pages and --retention h2o)",
