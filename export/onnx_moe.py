@@ -9,10 +9,11 @@ sum_i w_i expert_i(x), exact up to the fp32 rounding of exp(log w). So every rou
 top-k softmax, sigmoid with a choice bias, groups, scale) runs through the kernel, and one node serves prefill
 (each expert on its own tokens) and decode (only the k chosen experts read).
 
-Why this lowering (benchmarks/ style run, one layer of random-moe-100m: d 512, 32 experts of 256, top-4, 2 threads,
-times relative to the standard-op gather form in the same run): T=1 MoE 0.10x, dense 10.2x; T=32 MoE 0.08x,
-dense 0.49x; T=128 MoE 0.05x, dense 0.32x. `--moe-lowering gather|dense` keeps standard ops only (other
-execution providers); the CPU kernel's SwiGLU is silu(gate) * up, so gelu_tanh experts use gather.
+Why this lowering (benchmarks/moe_onnx_lowering.py: random-moe-100m's shapes with 3 layers, 2 of them MoE, 2
+threads, times relative to this one in the same run): a decode step (past 128) gather 2.4x, dense 16.6x; a
+128-token prefill gather 16.4x, dense 4.3x; int4 experts (QMoE) 0.69x / 0.88x. `--moe-lowering gather|dense`
+keeps standard ops only (other execution providers); the CPU kernel's SwiGLU is silu(gate) * up, so gelu_tanh
+experts use gather.
 
 Expert layout: fc1 [E, 2H, d] with gate and up rows interleaved (swiglu_fusion=1, the only fused layout the CPU
 kernel takes), fc2 [E, d, H] (down_proj as is). int4: omnicoder.quant.QuantExpertBank's codes as unsigned nibbles
@@ -23,6 +24,7 @@ scales [E, N, K / 32].
 from __future__ import annotations
 
 import contextlib
+import re
 
 import numpy as np
 import torch
@@ -266,11 +268,13 @@ def moe_contract(proto, config, lowering: str, quantized: bool) -> dict:
         raise OmniCoderError(f"internal: {len(layers)} MoE layers but {len(nodes)} {op} nodes in the graph")
     inits = {init.name: init for init in proto.graph.initializer}
     tensors, sizes = [], set()
-    for layer, node in zip(layers, nodes, strict=True):  # the converter keeps the layers' order
+    for node in nodes:
         found = [inits[name] for name in node.input if name in inits]
+        owner = {int(m.group(1)) for t in found if (m := re.search(r"layers\.(\d+)\.mlp\.fc", t.name))}
         sizes.add(sum(int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize for t in found))
-        tensors.append({"layer": layer, "initializers": [t.name for t in found]})
-    if len(sizes) != 1:
-        raise OmniCoderError("internal: the MoE layers' expert tensors differ in size")
-    contract.update(lowering=f"com.microsoft.{op}", bytes_per_expert=sizes.pop() // experts, tensors=tensors)
+        tensors.append({"layer": owner.pop() if len(owner) == 1 else -1, "initializers": [t.name for t in found]})
+    tensors.sort(key=lambda t: t["layer"])
+    if len(sizes) != 1 or [t["layer"] for t in tensors] != layers:
+        raise OmniCoderError("internal: the MoE nodes' expert tensors do not match the MoE layers")
+    contract.update(op=f"com.microsoft.{op}", bytes_per_expert=sizes.pop() // experts, tensors=tensors)
     return contract

@@ -105,7 +105,7 @@ def test_mla_moe_fp32_matches_pytorch_with_one_moe_node_per_layer(mla_fp32):
     assert counts["MoE"] == len(moe_layers(reference)) == 1 and counts["TopK"] == 1
     assert counts["Einsum"] == 4  # MLA's k_up / v_up only: no expert einsums left
     moe = manifest["graph"]["moe"]
-    assert moe["lowering"] == "com.microsoft.MoE" and moe["layers"] == [1]
+    assert (moe["lowering"], moe["op"], moe["layers"]) == ("ort", "com.microsoft.MoE", [1])
     assert (moe["experts"], moe["top_k"], moe["expert_hidden"]) == (8, 2, 32)
     assert moe["bytes_per_expert"] == 3 * 32 * 64 * 4  # gate + up + down, fp32
     graph_inits = {i.name for i in onnx.load(str(path / "model.onnx")).graph.initializer}
@@ -130,7 +130,9 @@ def test_gqa_moe_fp32_matches_pytorch_in_every_lowering(tmp_path, lowering):
     assert np.abs(graph_logits(tmp_path / lowering, IDS.numpy()) - want).max() <= 1e-4
     counts = op_counts(tmp_path / lowering)
     assert counts["MoE"] == (2 if lowering == "ort" else 0)
-    assert manifest["graph"]["moe"]["lowering"] == ("com.microsoft.MoE" if lowering == "ort" else lowering)
+    if lowering == "ort":
+        assert [t["layer"] for t in manifest["graph"]["moe"]["tensors"]] == [0, 1]
+    assert manifest["graph"]["moe"]["lowering"] == lowering
 
 
 def test_int4_experts_are_qmoe_with_the_router_and_gate_in_fp32(tmp_path):
@@ -152,7 +154,7 @@ def test_int4_experts_are_qmoe_with_the_router_and_gate_in_fp32(tmp_path):
     assert any(n.endswith("router.weight") for n in float_names)
     assert any(n.endswith("shared_gate.weight") for n in float_names)
     moe = manifest["graph"]["moe"]
-    assert moe["lowering"] == "com.microsoft.QMoE" and moe["expert_weights"] == "int4" and moe["block_size"] == 32
+    assert moe["op"] == "com.microsoft.QMoE" and moe["expert_weights"] == "int4" and moe["block_size"] == 32
     assert moe["bytes_per_expert"] == 3 * 32 * 64 // 2 + 3 * 32 * 2 * 4  # nibbles + one fp32 scale per 32
 
 
