@@ -346,6 +346,6 @@ def export_from_cli(model, tokenizer, args, command: str) -> dict:
         fuse=not args.no_fuse,
         query_outputs=args.query_outputs,
         kv_io=args.kv_io,
-        moe_lowering=getattr(args, "moe_lowering", "auto"),
+        moe_lowering=args.moe_lowering,
     )
     return export_onnx_bundle(model, tokenizer.to_json(), args.out, options, command=command)
