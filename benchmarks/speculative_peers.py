@@ -181,7 +181,7 @@ def worker_main(args) -> None:
 
 LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds")
 LLAMA_ENCODED = re.compile(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds")
-LLAMA_FIELD = re.compile(r"^\S*\s*(n_drafted|n_accept|n_predict)\s*=\s*(\d+)", re.M)
+LLAMA_FIELD = re.compile(r"\b(n_drafted|n_accept|n_predict)\s*=\s*(\d+)")
 
 
 def parse_llama(out: str, err: str, prompt_text: str) -> dict:
@@ -351,8 +351,8 @@ def measure(args, work: Path, peer: Path, built: dict, prompts: dict, log: Path)
     """samples[threads][engine][workload][mode] -> list of per-round rows."""
     from tqdm import tqdm
 
-    ks = [int(k) for k in args.ks.split(",")]
-    modes = llama_modes(ks)
+    peer_ks = [int(k) for k in (args.peer_ks or args.ks).split(",")]
+    modes = llama_modes(peer_ks)
     threads_list = [int(t) for t in args.threads.split(",")]
     samples: dict = {t: {} for t in threads_list}
     notes: dict = {}
@@ -371,7 +371,8 @@ def measure(args, work: Path, peer: Path, built: dict, prompts: dict, log: Path)
                 if kind == "genai":
                     set_genai_threads(path, threads)
                 try:
-                    result = worker(python, kind, path, threads, work, args.ks, log)
+                    ks = args.ks if kind == "ours" else args.peer_ks or args.ks
+                    result = worker(python, kind, path, threads, work, ks, log)
                 except RuntimeError as exc:
                     notes[name] = str(exc).splitlines()[-1][:400]
                     continue
@@ -388,6 +389,7 @@ def measure(args, work: Path, peer: Path, built: dict, prompts: dict, log: Path)
                         mode, []
                     ).append(row)
             bar.update(1)
+            (work / "samples_partial.json").write_text(json.dumps({"samples": samples, "notes": notes}))
     bar.close()
     return {"samples": samples, "notes": notes}
 
@@ -430,6 +432,12 @@ def summarize(samples: dict, prompts: dict) -> dict:
                             entry["equals_plain"] = same_output(row, plain)
                             if "tokens" in row:
                                 entry["first_difference"] = first_difference(row["tokens"], plain["tokens"])
+                            elif not entry["equals_plain"]:  # llama.cpp: a character index
+                                entry["first_difference"] = next(
+                                    i
+                                    for i, (x, y) in enumerate(zip(row["text"], plain["text"], strict=False))
+                                    if x != y
+                                )
                         pairs = zip(good, [r for r in modes.get("plain", []) if "error" not in r], strict=False)
                         ratios = [r["decode_tok_s"] / p["decode_tok_s"] for r, p in pairs if p["decode_tok_s"]]
                         if ratios:
@@ -439,9 +447,12 @@ def summarize(samples: dict, prompts: dict) -> dict:
 
 
 def same_output(row: dict, plain: dict) -> bool:
+    """Token lists must be equal; llama.cpp's texts (its speculative loops overshoot -n by up to the accepted
+    drafts) must agree up to the shorter one."""
     if "tokens" in row:
         return row["tokens"] == plain["tokens"]
-    return row["text"] == plain["text"]
+    shorter = min(len(row["text"]), len(plain["text"]))
+    return row["text"][:shorter] == plain["text"][:shorter]
 
 
 def goals(table: dict, samples: dict, prompts: dict, ks: list[int]) -> list[dict]:
@@ -544,6 +555,8 @@ def main() -> None:
     p.add_argument("--peer-venv", default="build/peer-venv-018")
     p.add_argument("--llama-root", default="build/specpeers/llama.cpp")
     p.add_argument("--fresh", action="store_true", help="re-export our bundles")
+    p.add_argument("--peer-ks", default="", help="the peers' draft lengths (default: --ks)")
+    p.add_argument("--from-samples", default="", help="summarize WORK/samples_partial.json of an earlier run")
     p.add_argument("--fp32-from", default="", help="the fp32 exactness run's saved `--worker ours` output")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
@@ -561,7 +574,11 @@ def main() -> None:
     built = build(args, work, peer, log)
     prompts = make_prompts(work / "ours-int4", work, [w for w in args.workloads.split(",") if w])
     same_tokens = llama_tokenization(built["llama_root"], built["gguf"], work, prompts, log)
-    measured = measure(args, work, peer, built, prompts, log)
+    if args.from_samples:  # summarize a saved (possibly partial) run instead of measuring
+        measured = json.loads(Path(args.from_samples).read_text())
+        measured["samples"] = {int(t): engines for t, engines in measured["samples"].items() if engines}
+    else:
+        measured = measure(args, work, peer, built, prompts, log)
     table = summarize(measured["samples"], prompts)
     ks = [int(k) for k in args.ks.split(",")]
     document = {
