@@ -122,6 +122,7 @@ class PagedKVCache(KVCache):
             self.spill.close()
         self.spill = None
         self.pages: list[Page] = []
+        self._dropped_upto = dict.fromkeys(self._windows, 0)  # pages below this had a windowed input's rows dropped
         self._length = 0
         self.attended: list[int] = []
         self.last_queries: dict[str, np.ndarray] = {}  # key input -> the last call's last-token queries
@@ -162,21 +163,20 @@ class PagedKVCache(KVCache):
         self._enforce_budget()
 
     def _window_tail(self, window: int, margin: int = 0) -> list[int]:
-        """The pages holding the last `window - 1 + margin` tokens."""
-        first = self._length - (window - 1) - margin
-        return [i for i, p in enumerate(self.pages) if p.start + p.filled > first]
+        """The pages holding the last `window - 1 + margin` tokens (pages cover positions from 0 in order)."""
+        first = max(0, self._length - (window - 1) - margin)
+        return list(range(first // self.policy.page_len, len(self.pages)))
 
     def _drop_outside_windows(self) -> None:
         """Free a sliding-window layer's rows in resident pages it will never attend again (SLACK kept for
-        rollbacks); spilled pages stay on disk as they are."""
+        rollbacks); spilled pages stay on disk as they are. Each page is visited once per layer input."""
         for name, window in self._windows.items():
-            first = self._length - (window - 1) - SLACK
-            for page in self.pages:
-                if page.start + page.filled > first:
-                    break
-                if page.arrays is not None and name not in page.dropped:
+            end = min(len(self.pages), max(0, self._length - (window - 1) - SLACK) // self.policy.page_len)
+            for page in self.pages[self._dropped_upto[name] : end]:
+                if page.arrays is not None:
                     page.arrays.pop(name)
                     page.dropped.add(name)
+            self._dropped_upto[name] = max(self._dropped_upto[name], end)
 
     def truncate(self, length: int) -> None:
         """Keep the first `length` tokens (speculative decoding's rollback). Page summaries stay valid bounds."""
@@ -185,6 +185,7 @@ class PagedKVCache(KVCache):
             page = self.pages.pop()
             if page.arrays is None:
                 self.spill.release(page.slot)
+        self._dropped_upto = {n: min(i, len(self.pages)) for n, i in self._dropped_upto.items()}
         if self.pages:
             self._page_arrays(len(self.pages) - 1)  # a spilled tail comes back before it grows again
             self.pages[-1].filled = length - self.pages[-1].start
